@@ -1,0 +1,50 @@
+"""Shared benchmark helpers: interleaved median timing and peak tensor memory.
+
+Timings of the variants being compared are taken round-robin in one process, so machine noise hits
+all of them alike; figures are medians. Peak memory is the peak of live tensor bytes during one call
+(parameters, gradients, optimizer state, inputs and activations), tracked per tensor by PyTorch's
+``MemTracker``: exact and repeatable on CPU, where allocator statistics do not exist.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.distributed._tools.mem_tracker import MemTracker
+
+
+def time_round_robin(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved across functions."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_tensor_mib(fn: Callable[[], None], *tracked) -> float:
+    """Peak live tensor memory (MiB, all devices) while ``fn()`` runs; ``tracked`` are the modules,
+    optimizers and inputs that exist before the call, so they count too."""
+    tracker = MemTracker()
+    tracker.track_external(*tracked)
+    with tracker:
+        fn()
+    peak = tracker.get_tracker_snapshot("peak")
+    return sum(sum(per_type.values()) for per_type in peak.values()) / 2**20
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""Benchmark the Iwin mixer against global and plain-window attention, and a whole FlashDiT-B/2
+training step against the same model with global attention.
+
+    python bench/mixer.py                      # dim 384, 6 heads, batch 8, fp32, grids 16² 32² 64²
+    python bench/mixer.py --grids 16 32 --model-grids 16 --repeats 3
+
+Prints markdown tables (medians; ratios from the same run) for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import markdown_table, peak_tensor_mib, time_round_robin  # noqa: E402
+
+from flashdit import FlashDiTTransformer2DModel  # noqa: E402
+from flashdit.models.mixer import IwinMixer, WindowAttention  # noqa: E402
+
+MIXERS = {
+    "global": lambda d, h, m: WindowAttention(d, h, window_size=None),
+    "w-msa": lambda d, h, m: WindowAttention(d, h, window_size=m, interleaved=False),
+    "iw-msa": lambda d, h, m: WindowAttention(d, h, window_size=m, interleaved=True),
+    "iwin": lambda d, h, m: IwinMixer(d, h, window_size=m, kernel_size=3),
+}
+MODELS = {"iwin": dict(mixer="iwin"), "attention": dict(mixer="attention", kernel_size=None, pos_embed="sincos")}
+
+
+@dataclass
+class Case:
+    step: Callable[[], None]
+    tracked: tuple
+
+
+def mixer_case(name: str, grid: int, args) -> Case:
+    torch.manual_seed(0)
+    module = MIXERS[name](args.dim, args.heads, args.window).to(args.device)
+    x = torch.randn(args.batch, grid, grid, args.dim, device=args.device, requires_grad=True)
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        module(x).sum().backward()
+
+    return Case(step, (module, x))
+
+
+def model_case(name: str, grid: int, args) -> Case:
+    torch.manual_seed(0)
+    model = FlashDiTTransformer2DModel.from_size(
+        "FlashDiT-B/2", in_channels=4, sample_size=2 * grid, window_size=args.window, **MODELS[name]
+    ).to(args.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(args.model_batch, 4, 2 * grid, 2 * grid, device=args.device)
+    t = torch.rand(args.model_batch, device=args.device)
+    y = torch.randint(0, 1000, (args.model_batch,), device=args.device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        (model(x, t, y).sample - x).square().mean().backward()
+        opt.step()
+
+    return Case(step, (model, opt, x))
+
+
+def main(args) -> None:
+    torch.set_num_threads(args.threads)
+    print(f"# device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} fp32")
+    print(f"# mixer: dim {args.dim}, {args.heads} heads, batch {args.batch}, window {args.window}, kernel 3")
+    print(f"# forward+backward, median of {args.repeats} round-robin; MiB = peak live tensors incl. inputs\n")
+
+    rows = []
+    for grid in args.grids:
+        cases = {n: mixer_case(n, grid, args) for n in MIXERS}
+        t = time_round_robin({n: c.step for n, c in cases.items()}, args.repeats)
+        mem = {n: peak_tensor_mib(c.step, *c.tracked) for n, c in cases.items()}
+        rows.append(
+            [f"{grid}x{grid}"]
+            + [f"{t[n] * 1e3:.1f}" for n in MIXERS]
+            + [f"{mem[n]:.0f}" for n in MIXERS]
+            + [f"{t['global'] / t['iwin']:.2f}x", f"{t['iwin'] / t['w-msa']:.2f}", f"{t['iw-msa'] / t['w-msa']:.2f}"]
+        )
+        print(f"  grid {grid}: " + ", ".join(f"{n} {t[n] * 1e3:.1f} ms" for n in t), flush=True)
+    header = (
+        ["grid"]
+        + [f"{n} ms" for n in MIXERS]
+        + [f"{n} MiB" for n in MIXERS]
+        + ["global / iwin", "iwin / w-msa", "iw-msa / w-msa"]
+    )
+    print("\n## Mixer forward+backward\n")
+    print(markdown_table(header, rows))
+
+    if not args.model_grids:
+        return
+    rows = []
+    for grid in args.model_grids:
+        cases = {n: model_case(n, grid, args) for n in MODELS}
+        t = time_round_robin({n: c.step for n, c in cases.items()}, args.model_repeats)
+        mem = {n: peak_tensor_mib(c.step, *c.tracked) for n, c in cases.items()}
+        rows.append(
+            [f"{grid}x{grid} ({2 * grid}x{2 * grid} latent)"]
+            + [f"{t[n]:.2f}" for n in MODELS]
+            + [f"{mem[n]:.0f}" for n in MODELS]
+            + [f"{t['attention'] / t['iwin']:.2f}x"]
+        )
+        print(f"  model grid {grid}: " + ", ".join(f"{n} {t[n]:.2f} s" for n in t), flush=True)
+    print(f"\n## FlashDiT-B/2 train step (batch {args.model_batch}, AdamW, 4 latent channels)\n")
+    header = ["token grid", "iwin s", "attention s", "iwin MiB", "attention MiB", "attention / iwin"]
+    print(markdown_table(header, rows))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grids", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--model-grids", type=int, nargs="*", default=[16, 32, 64])
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--window", type=int, default=4)
+    p.add_argument("--model-batch", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--model-repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,6 @@
+"""FlashDiT: class-conditional diffusion transformers with the Iwin mixer."""
+
+from .models import FLASHDIT_SIZES, FlashDiTTransformer2DModel, IwinMixer, interleave, restore
+
+__version__ = "0.1.0"
+__all__ = ["FLASHDIT_SIZES", "FlashDiTTransformer2DModel", "IwinMixer", "interleave", "restore"]

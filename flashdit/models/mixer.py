@@ -1,0 +1,301 @@
+"""The Iwin token mixer: interleaved-window attention in parallel with a depthwise convolution.
+
+Iwin Transformer, section III.B (Rearrange eq. 1, Restore eq. 5, Algorithm 1) and III.E (eq. 7).
+All tensors are channels-last token grids ``(B, H, W, C)``.
+
+Grids of any size. A window of M tokens per axis is clamped to the grid (``min(M, H)``); when the
+axis is not a multiple of it, the grid is zero-padded at the bottom/right to ``Hg·M`` tokens with
+``Hg = ceil(H / M)`` windows. Padded tokens are never attended to (they are masked out as keys)
+and their outputs are cropped away, so every real token sees exactly the real tokens of its window:
+plain windows hold the ``M×M`` block around it, interleaved windows the tokens with equal
+``(i mod Hg, j mod Wg)``. Every window holds at least one real token, so no softmax row is empty.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .embeddings import apply_rope
+from .norms import RMSNorm
+
+
+def _check_divisible(x: torch.Tensor, window_size: int) -> tuple[int, int, int, int]:
+    if x.ndim != 4:
+        raise ValueError(f"expected a (B, H, W, C) token grid, got shape {tuple(x.shape)}")
+    B, H, W, C = x.shape
+    if window_size <= 0 or H % window_size or W % window_size:
+        raise ValueError(f"grid {H}x{W} is not divisible by window_size={window_size}")
+    return B, H, W, C
+
+
+def interleave(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Rearrange (eq. 1): the token at (i, j) moves to ``((i mod Hg)·M + i // Hg, (j mod Wg)·M + j // Wg)``.
+
+    Writing ``i = a·Hg + b`` (``a < M``, ``b < Hg``), eq. 1 sends ``i`` to ``b·M + a``: it swaps the
+    two factors of each axis, which is one view and one permute.
+
+    Args:
+        x: ``(B, H, W, C)`` with H and W multiples of ``window_size``.
+    Returns:
+        ``(B, H, W, C)``, the rearranged grid; its plain ``M×M`` windows are the interleaved windows.
+    """
+    B, H, W, C = _check_divisible(x, window_size)
+    M = window_size
+    x = x.view(B, M, H // M, M, W // M, C)  # (B, a_h, b_h, a_w, b_w, C)
+    return x.permute(0, 2, 1, 4, 3, 5).reshape(B, H, W, C)  # (B, b_h·M + a_h, b_w·M + a_w, C)
+
+
+def restore(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Restore (eq. 5), the inverse of :func:`interleave`: ``i = (i' mod M)·Hg + i' // M``."""
+    B, H, W, C = _check_divisible(x, window_size)
+    M = window_size
+    x = x.view(B, H // M, M, W // M, M, C)  # (B, b_h, a_h, b_w, a_w, C)
+    return x.permute(0, 2, 1, 4, 3, 5).reshape(B, H, W, C)  # (B, a_h·Hg + b_h, a_w·Wg + b_w, C)
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Split a grid into non-overlapping ``M×M`` windows, row-major: ``(B, H, W, C) -> (B, Hg·Wg, M·M, C)``."""
+    B, H, W, C = _check_divisible(x, window_size)
+    return WindowGrid(H, W, window_size, window_size, interleaved=False).to_windows(x)
+
+
+def interleaved_window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """``window_partition(interleave(x))`` in one view+permute: window ``(i mod Hg, j mod Wg)``,
+    position ``(i // Hg, j // Wg)`` inside it. ``(B, H, W, C) -> (B, Hg·Wg, M·M, C)``."""
+    B, H, W, C = _check_divisible(x, window_size)
+    return WindowGrid(H, W, window_size, window_size, interleaved=True).to_windows(x)
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """How an ``H×W`` grid splits into ``Mh×Mw`` windows (plain or interleaved), padding included.
+
+    ``partition``/``merge`` move between the padded grid ``(B, Hp, Wp, *rest)`` and the window view
+    ``(B, Hg, Wg, Mh, Mw, *rest)`` with one view+permute each way.
+    """
+
+    H: int
+    W: int
+    Mh: int
+    Mw: int
+    interleaved: bool
+
+    @classmethod
+    def for_grid(cls, H: int, W: int, window_size: int | None, interleaved: bool) -> WindowGrid:
+        """The layout of an ``H×W`` grid; ``window_size=None`` is one window over the whole grid."""
+        if window_size is None:
+            return cls(H, W, H, W, interleaved)
+        return cls(H, W, min(window_size, H), min(window_size, W), interleaved)
+
+    @property
+    def Hg(self) -> int:
+        return math.ceil(self.H / self.Mh)
+
+    @property
+    def Wg(self) -> int:
+        return math.ceil(self.W / self.Mw)
+
+    @property
+    def padded(self) -> bool:
+        return self.Hg * self.Mh != self.H or self.Wg * self.Mw != self.W
+
+    @property
+    def num_windows(self) -> int:
+        return self.Hg * self.Wg
+
+    @property
+    def window_len(self) -> int:
+        return self.Mh * self.Mw
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-pad ``(B, H, W, C)`` at the bottom/right to ``(B, Hg·Mh, Wg·Mw, C)``."""
+        if not self.padded:
+            return x
+        return F.pad(x, (0, 0, 0, self.Wg * self.Mw - self.W, 0, self.Hg * self.Mh - self.H))
+
+    def partition(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, Hp, Wp, *rest) -> (B, Hg, Wg, Mh, Mw, *rest)`` as a view (no copy)."""
+        B, rest = x.shape[0], x.shape[3:]
+        tail = tuple(range(5, 5 + len(rest)))
+        if self.interleaved:
+            # row i = a·Hg + b: window b, position a (eq. 2 and 3)
+            x = x.view(B, self.Mh, self.Hg, self.Mw, self.Wg, *rest)  # (B, a_h, b_h, a_w, b_w, ...)
+            return x.permute(0, 2, 4, 1, 3, *tail)
+        x = x.view(B, self.Hg, self.Mh, self.Wg, self.Mw, *rest)  # (B, b_h, a_h, b_w, a_w, ...)
+        return x.permute(0, 1, 3, 2, 4, *tail)
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, Hg, Wg, Mh, Mw, *rest) -> (B, Hp, Wp, *rest)``, the inverse of :meth:`partition`."""
+        B, rest = x.shape[0], x.shape[5:]
+        tail = tuple(range(5, 5 + len(rest)))
+        if self.interleaved:
+            x = x.permute(0, 3, 1, 4, 2, *tail)  # (B, a_h, b_h, a_w, b_w, ...)
+        else:
+            x = x.permute(0, 1, 3, 2, 4, *tail)  # (B, b_h, a_h, b_w, a_w, ...)
+        return x.reshape(B, self.Hg * self.Mh, self.Wg * self.Mw, *rest)
+
+    def to_windows(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, Hp, Wp, C) -> (B, Hg·Wg, Mh·Mw, C)``."""
+        B, C = x.shape[0], x.shape[-1]
+        return self.partition(x).reshape(B, self.num_windows, self.window_len, C)
+
+    def from_windows(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, Hg·Wg, Mh·Mw, C) -> (B, Hp, Wp, C)``, the inverse of :meth:`to_windows`."""
+        B, C = x.shape[0], x.shape[-1]
+        return self.merge(x.view(B, self.Hg, self.Wg, self.Mh, self.Mw, C))
+
+    def key_mask(self, device: torch.device) -> torch.Tensor | None:
+        """``(Hg·Wg, Mh·Mw)`` bool, True for real tokens; None when nothing is padded."""
+        if not self.padded:
+            return None
+        valid = torch.zeros(1, self.Hg * self.Mh, self.Wg * self.Mw, 1, dtype=torch.bool, device=device)
+        valid[:, : self.H, : self.W] = True
+        return self.to_windows(valid).view(self.num_windows, self.window_len)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside plain or interleaved windows, or over the whole grid.
+
+    Args:
+        dim: channels C.
+        num_heads: heads; ``dim`` must be a multiple.
+        window_size: tokens per window side M; ``None`` attends over the whole grid (global attention).
+        interleaved: IW-MSA (windows of tokens spaced Hg apart) instead of plain W-MSA.
+        qkv_bias: bias on the fused qkv projection.
+        qk_norm: RMSNorm on queries and keys per head.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int | None = 4,
+        interleaved: bool = True,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+    ):
+        super().__init__()
+        if num_heads <= 0 or dim % num_heads:
+            raise ValueError(f"dim={dim} must be a positive multiple of num_heads={num_heads}")
+        if window_size is not None and window_size <= 0:
+            raise ValueError(f"window_size must be a positive integer or None (global), got {window_size}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.window_size = window_size
+        self.interleaved = interleaved
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """
+        Args:
+            x: ``(B, H, W, C)``.
+            rope: optional ``(cos, sin)`` tables of shape ``(H, W, head_dim)`` (2-D rotary embedding).
+        Returns:
+            ``(B, H, W, C)``.
+        """
+        B, H, W, C = x.shape
+        grid = WindowGrid.for_grid(H, W, self.window_size, self.interleaved)
+        nW, L, nh, hd = grid.num_windows, grid.window_len, self.num_heads, self.head_dim
+
+        # 1. gather windows once, on the C-wide input (cheaper than on the 3C-wide qkv); a free view
+        #    for global attention
+        x = grid.to_windows(grid.pad(x)).reshape(B * nW, L, C)
+        q, k, v = self.qkv(x).view(B * nW, L, 3, nh, hd).unbind(2)  # each (B·nW, L, nh, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+
+        # 2. rotary embedding, its tables laid out like the windows
+        if rope is not None:
+            cos, sin = (grid.to_windows(grid.pad(t[None])).reshape(nW, L, 1, hd) for t in rope)
+            q = apply_rope(q.view(B, nW, L, nh, hd), cos, sin).view(B * nW, L, nh, hd)
+            k = apply_rope(k.view(B, nW, L, nh, hd), cos, sin).view(B * nW, L, nh, hd)
+
+        # 3. attention over (B·nW, nh, L, hd) strided views; padded tokens are masked out as keys
+        mask = grid.key_mask(x.device)
+        if mask is not None:
+            mask = mask.view(1, nW, 1, 1, L).expand(B, nW, 1, 1, L).reshape(B * nW, 1, 1, L)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+
+        # 4. project per token, then scatter the windows back to the grid and crop the padding
+        out = self.proj(out.transpose(1, 2).reshape(B, nW, L, C))
+        out = grid.from_windows(out)
+        return out[:, :H, :W] if grid.padded else out
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise ``K×K`` convolution (same padding, bias) on a channels-last grid ``(B, H, W, C)``."""
+
+    def __init__(self, dim: int, kernel_size: int = 3):
+        super().__init__()
+        if kernel_size <= 0 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer (same padding), got {kernel_size}")
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # a permuted contiguous (B, H, W, C) tensor is already channels_last: no copy either way
+        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class IwinMixer(nn.Module):
+    """IW-MSA(x) + DWConv(x) (paper eq. 7): the position-free replacement for self-attention.
+
+    The two branches see the same input; either can be dropped, which gives the paper's ablation rows
+    (Table VII): DWConv (``attention=False``), W-MSA (``interleaved=False, kernel_size=None``),
+    IW-MSA (``kernel_size=None``), DWConv+W-MSA (``interleaved=False``) and DWConv+IW-MSA (default).
+
+    Args:
+        dim: channels C.
+        num_heads: attention heads.
+        window_size: window side M, clamped to the grid; ``None`` gives global attention.
+        kernel_size: depthwise kernel K (odd); ``None`` drops the convolution.
+        qkv_bias: bias on the qkv projection.
+        qk_norm: RMSNorm on queries and keys.
+        interleaved: interleaved windows (IW-MSA) or plain ones (W-MSA).
+        attention: keep the attention branch; ``False`` leaves the depthwise convolution alone.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int | None = 4,
+        kernel_size: int | None = 3,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        interleaved: bool = True,
+        attention: bool = True,
+    ):
+        super().__init__()
+        if not attention and kernel_size is None:
+            raise ValueError("IwinMixer needs at least one branch: attention=False requires a kernel_size")
+        self.attn = WindowAttention(dim, num_heads, window_size, interleaved, qkv_bias, qk_norm) if attention else None
+        self.conv = DepthwiseConv(dim, kernel_size) if kernel_size is not None else None
+
+    def branches(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The attention and convolution outputs separately (None for a dropped branch)."""
+        attn = self.attn(x, rope) if self.attn is not None else None
+        conv = self.conv(x) if self.conv is not None else None
+        return attn, conv
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """
+        Args:
+            x: ``(B, H, W, C)``, any H and W.
+            rope: optional rotary tables ``(H, W, head_dim)`` for the attention branch.
+        Returns:
+            ``(B, H, W, C)``.
+        """
+        attn, conv = self.branches(x, rope)
+        if attn is None:
+            return conv
+        # in place: attn is a fresh tensor whose producers do not need it for backward
+        return attn if conv is None else attn.add_(conv)

@@ -1,0 +1,313 @@
+"""FlashDiT: a LightningDiT-style class-conditional diffusion transformer whose self-attention is the
+Iwin mixer (IW-MSA + depthwise conv, no position embedding), as a diffusers model.
+
+The network maps ``(x_t, t, y)`` to the flow velocity; the flow maths lives in ``flashdit.flow``.
+The same class builds the baselines: ``mixer="attention"`` with a position embedding is DiT or
+LightningDiT, ``"window"`` is plain window attention, ``"conv"`` the depthwise convolution alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from .embeddings import LabelEmbedder, TimestepEmbedder, rope_tables_2d, sincos_pos_embed_2d
+from .mixer import IwinMixer
+from .norms import RMSNorm
+
+MIXERS = ("iwin", "window", "attention", "conv")
+POS_EMBEDS = ("none", "sincos", "rope", "sincos+rope")
+
+# LightningDiT's sizes (depth, width, heads) at patch 1 and 2; "FlashDiT-XL/1" is the paper's model.
+_WIDTHS = {
+    "S": dict(depth=12, hidden_size=384, num_heads=6),
+    "B": dict(depth=12, hidden_size=768, num_heads=12),
+    "L": dict(depth=24, hidden_size=1024, num_heads=16),
+    "XL": dict(depth=28, hidden_size=1152, num_heads=16),
+    "1p0B": dict(depth=24, hidden_size=1536, num_heads=24),
+    "1p6B": dict(depth=28, hidden_size=1792, num_heads=28),
+}
+FLASHDIT_SIZES: dict[str, dict] = {
+    f"FlashDiT-{name}/{patch}": dict(width, patch_size=patch) for name, width in _WIDTHS.items() for patch in (1, 2)
+}
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class SwiGLU(nn.Module):
+    """``w3(silu(a) · b)`` with ``[a, b] = w12(x)`` (LightningDiT's SwiGLUFFN)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.w12(x).chunk(2, dim=-1)
+        return self.w3(nn.functional.silu(a) * b)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``p×p`` patches to tokens: ``(B, C, H, W) -> (B, H/p, W/p, D)``."""
+
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the residual stream must be dense channels-last: every later op inherits its strides
+        return self.proj(x).permute(0, 2, 3, 1).contiguous()
+
+
+class FlashDiTBlock(nn.Module):
+    """LightningDiT block with the Iwin mixer in place of attention (adaLN-Zero, RMSNorm, SwiGLU).
+
+    ``x = x + g1 · mixer(modulate(norm1(x), s1, c1)); x = x + g2 · mlp(modulate(norm2(x), s2, c2))``,
+    the six modulation vectors coming from the conditioning, zero at init so the block starts as identity.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, mixer: nn.Module):
+        super().__init__()
+        self.norm1 = RMSNorm(hidden_size)
+        self.mixer = mixer
+        self.norm2 = RMSNorm(hidden_size)
+        self.mlp = SwiGLU(hidden_size, int(2 / 3 * int(hidden_size * mlp_ratio)))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        # (B, 6D) -> six (B, 1, 1, D) vectors broadcast over the (B, H, W, D) grid
+        mod = self.adaLN_modulation(c)[:, None, None].chunk(6, dim=-1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
+        x = x + gate_msa * self.mixer(modulate(self.norm1(x), shift_msa, scale_msa), rope)
+        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) then a linear map to ``p·p·C_out`` per token."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = RMSNorm(hidden_size)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c)[:, None, None].chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin):
+    """Class-conditional diffusion transformer on a 2-D latent (or pixel) grid of any size.
+
+    Args:
+        sample_size: the training grid side in latent pixels; the pipeline's default size. The model
+            itself runs on any ``H×W`` that ``patch_size`` divides.
+        patch_size: patch side p (1, 2 or 4 in practice).
+        in_channels: input channels (32 for VA-VAE f16d32, 4 for SD-VAE, 1 or 3 in pixel space).
+        out_channels: output channels; defaults to ``in_channels``.
+        hidden_size: width D.
+        depth: number of blocks.
+        num_heads: attention heads; ``hidden_size`` must be a multiple.
+        mlp_ratio: SwiGLU hidden is ``int(2/3 · int(mlp_ratio · D))``.
+        num_classes: classes; the label ``num_classes`` is the null class used for guidance.
+        class_dropout_prob: probability of replacing a label by the null class in training.
+        mixer: ``"iwin"`` (interleaved windows), ``"window"`` (plain windows), ``"attention"``
+            (global attention) or ``"conv"`` (depthwise convolution only).
+        window_size: window side M for the windowed mixers (clamped to the grid).
+        kernel_size: depthwise-conv kernel K, added in parallel to the attention of any mixer;
+            ``None`` removes it (``mixer="attention", kernel_size=None`` is plain DiT attention).
+        pos_embed: ``"none"`` (FlashDiT), ``"sincos"`` (DiT), ``"rope"`` or ``"sincos+rope"`` (LightningDiT).
+        qk_norm: RMSNorm on queries and keys.
+        qkv_bias: bias on the qkv projection.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["FlashDiTBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 16,
+        patch_size: int = 1,
+        in_channels: int = 32,
+        out_channels: int | None = None,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 1000,
+        class_dropout_prob: float = 0.1,
+        mixer: str = "iwin",
+        window_size: int = 4,
+        kernel_size: int | None = 3,
+        pos_embed: str = "none",
+        qk_norm: bool = False,
+        qkv_bias: bool = True,
+    ):
+        super().__init__()
+        if mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
+        for name, value in (("patch_size", patch_size), ("in_channels", in_channels), ("depth", depth)):
+            if value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if num_heads <= 0 or hidden_size % num_heads:
+            raise ValueError(f"hidden_size={hidden_size} must be a positive multiple of num_heads={num_heads}")
+        if window_size <= 0:
+            raise ValueError(f"window_size must be a positive integer, got {window_size}")
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if mixer == "conv" and kernel_size is None:
+            raise ValueError('mixer="conv" needs a kernel_size')
+        if mixer == "conv" and "rope" in pos_embed:
+            raise ValueError(f'pos_embed={pos_embed!r} rotates attention queries/keys; mixer="conv" has none')
+        self.out_channels = out_channels or in_channels
+        self.use_sincos = "sincos" in pos_embed
+        self.use_rope = "rope" in pos_embed
+        head_dim = hidden_size // num_heads
+        if self.use_rope and head_dim % 4:
+            raise ValueError(f"pos_embed={pos_embed!r} needs head_dim divisible by 4, got {head_dim}")
+        if self.use_sincos and hidden_size % 4:
+            raise ValueError(f"pos_embed={pos_embed!r} needs hidden_size divisible by 4, got {hidden_size}")
+
+        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.blocks = nn.ModuleList(
+            [FlashDiTBlock(hidden_size, num_heads, mlp_ratio, self._make_mixer()) for _ in range(depth)]
+        )
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.gradient_checkpointing = False
+        self.initialize_weights()
+
+    def _make_mixer(self) -> IwinMixer:
+        cfg = self.config
+        return IwinMixer(
+            cfg.hidden_size,
+            cfg.num_heads,
+            window_size=None if cfg.mixer == "attention" else cfg.window_size,
+            kernel_size=cfg.kernel_size,
+            qkv_bias=cfg.qkv_bias,
+            qk_norm=cfg.qk_norm,
+            interleaved=cfg.mixer == "iwin",
+            attention=cfg.mixer != "conv",
+        )
+
+    @classmethod
+    def from_size(cls, name: str, **kwargs) -> FlashDiTTransformer2DModel:
+        """A model of a registry size, e.g. ``from_size("FlashDiT-XL/1", in_channels=32)``."""
+        if name not in FLASHDIT_SIZES:
+            raise ValueError(f"unknown model size {name!r}; choose one of {sorted(FLASHDIT_SIZES)}")
+        return cls(**{**FLASHDIT_SIZES[name], **kwargs})
+
+    def initialize_weights(self) -> None:
+        # linear layers: Xavier-uniform weights, zero bias (DiT)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        # patch embedding: Xavier-uniform as a linear map over each flattened patch
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        # label table and timestep MLP: N(0, 0.02)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        # adaLN-Zero: every modulation starts at zero, so each block is the identity
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        # output layer: zero, so the initial prediction is exactly 0
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def _check_inputs(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor | float, class_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        if hidden_states.ndim != 4 or hidden_states.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"hidden_states must be (B, {cfg.in_channels}, H, W) for this model, got {tuple(hidden_states.shape)}"
+            )
+        B, _, H, W = hidden_states.shape
+        p = cfg.patch_size
+        if H % p or W % p:
+            raise ValueError(f"height and width ({H}x{W}) must be multiples of patch_size={p}")
+        timestep = torch.as_tensor(timestep, device=hidden_states.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(B)
+        if timestep.shape != (B,):
+            raise ValueError(f"timestep must be a scalar or shape ({B},), got {tuple(timestep.shape)}")
+        class_labels = torch.as_tensor(class_labels, device=hidden_states.device)
+        if class_labels.shape != (B,) or class_labels.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"class_labels must be an integer tensor of shape ({B},), got {class_labels.dtype} "
+                f"{tuple(class_labels.shape)}"
+            )
+        if not torch.compiler.is_compiling():
+            bad = (class_labels < 0) | (class_labels > cfg.num_classes)
+            if bad.any():
+                raise ValueError(
+                    f"class_labels {class_labels[bad].tolist()} outside [0, {cfg.num_classes}] "
+                    f"({cfg.num_classes} is the null class)"
+                )
+        return timestep, class_labels.long()
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor | float,
+        class_labels: torch.Tensor,
+        return_dict: bool = True,
+    ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
+        """Predict the flow velocity ``v = x1 - x0`` (t=0 noise, t=1 data).
+
+        Args:
+            hidden_states: ``(B, in_channels, H, W)``, H and W multiples of ``patch_size``.
+            timestep: ``(B,)`` float t in [0, 1], or a scalar for the whole batch.
+            class_labels: ``(B,)`` int in ``[0, num_classes]``; ``num_classes`` is the null class.
+            return_dict: return a ``Transformer2DModelOutput`` rather than a tuple.
+        Returns:
+            ``sample``: ``(B, out_channels, H, W)``.
+        """
+        timestep, class_labels = self._check_inputs(hidden_states, timestep, class_labels)
+        B, _, H, W = hidden_states.shape
+        p = self.config.patch_size
+        h, w = H // p, W // p
+
+        # 1. embed patches, timestep and label
+        x = self.x_embedder(hidden_states.to(self.x_embedder.proj.weight.dtype))  # (B, h, w, D)
+        if self.use_sincos:
+            x = x + sincos_pos_embed_2d(self.config.hidden_size, h, w).to(x)
+        rope = None
+        if self.use_rope:
+            rope = rope_tables_2d(self.config.hidden_size // self.config.num_heads, h, w, device=x.device)
+        c = self.t_embedder(timestep) + self.y_embedder(class_labels)  # (B, D)
+
+        # 2. blocks
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(block, x, c, rope)
+            else:
+                x = block(x, c, rope)
+
+        # 3. final layer and unpatchify: (B, h, w, p·p·C) -> (B, C, h·p, w·p)
+        x = self.final_layer(x, c)
+        x = x.view(B, h, w, p, p, self.out_channels).permute(0, 5, 1, 3, 2, 4)
+        out = x.reshape(B, self.out_channels, H, W)
+        if not return_dict:
+            return (out,)
+        return Transformer2DModelOutput(sample=out)
