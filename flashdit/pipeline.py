@@ -1,0 +1,319 @@
+"""``FlashDiTPipeline``: class-conditional sampling from a FlashDiT transformer, in latent space through
+a diffusers ``AutoencoderKL`` or directly in pixel space, at any resolution the model's grid allows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
+
+from . import flow
+from .models.transformer import FlashDiTTransformer2DModel
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """The defaults of ``FlashDiTPipeline.__call__``, in one place.
+
+    A pipeline may carry its own (``pipe.register_to_config(sampling=...)``; the checkpoint converters
+    record the authors' settings there); arguments passed to the call override both.
+
+    Attributes:
+        guidance_scale: classifier-free guidance scale (1.0 = no guidance).
+        num_inference_steps: integration steps (Heun makes two model calls per step).
+        sampler: ``"euler"``, ``"heun"`` or ``"sde"``.
+        guidance_interval: ``(low, high)``: guide only while ``low <= t <= high`` (t=0 noise, t=1 data).
+        timestep_shift: ``s`` in ``t' = s·t / (1 + (s - 1)·t)``; 1.0 is no shift.
+        cfg_channels: guide only the first N channels (DiT's quirk); None guides all.
+    """
+
+    guidance_scale: float = 1.0
+    num_inference_steps: int = 50
+    sampler: str = "euler"
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
+    timestep_shift: float = 1.0
+    cfg_channels: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> SamplingDefaults:
+        values = dict(values or {})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown sampling settings {sorted(unknown)}; allowed: {[f.name for f in fields(cls)]}")
+        if "guidance_interval" in values:
+            values["guidance_interval"] = tuple(values["guidance_interval"])
+        return cls(**values)
+
+
+def imagenet_id2label() -> dict[int, str]:
+    """The 1000 ImageNet-1k class names (torchvision's spelling), id -> name."""
+    text = resources.files("flashdit").joinpath("imagenet_classes.json").read_text()
+    return {int(k): v for k, v in json.loads(text).items()}
+
+
+class FlashDiTPipeline(DiffusionPipeline):
+    """Class-conditional image generation with a FlashDiT transformer.
+
+    Args:
+        transformer: the velocity model.
+        scheduler: a ``FlowMatchEulerDiscreteScheduler`` with ``shift=1.0`` (the pipeline applies
+            ``timestep_shift`` itself); it performs the Euler steps.
+        vae: a diffusers ``AutoencoderKL`` for latent models, or None for pixel-space models.
+        id2label: class id -> name (``"name, synonym, ..."`` allowed); defaults to the ImageNet-1k names
+            when the model has 1000 classes.
+        latents_mean: per-channel mean of the training latents; with ``latents_std`` decoding uses
+            ``z·std + mean`` (LightningDiT).
+        latents_std: per-channel std of the training latents.
+        scaling_factor: scalar latent scale instead (``z / scaling_factor``, SD-VAE's 0.18215); when
+            neither is given, latents are decoded as they are.
+        sampling: overrides of :class:`SamplingDefaults` stored with the pipeline.
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        transformer: FlashDiTTransformer2DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        vae: AutoencoderKL | None = None,
+        id2label: dict | None = None,
+        latents_mean: list[float] | None = None,
+        latents_std: list[float] | None = None,
+        scaling_factor: float | None = None,
+        sampling: dict | None = None,
+    ):
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
+        num_classes = transformer.config.num_classes
+        if id2label is None and num_classes == 1000:
+            id2label = imagenet_id2label()
+        id2label = {int(k): str(v) for k, v in (id2label or {}).items()}
+        bad = sorted(k for k in id2label if not 0 <= k < num_classes)
+        if bad:
+            raise ValueError(f"id2label has ids {bad[:5]} outside the model's classes [0, {num_classes})")
+        channels = transformer.config.in_channels
+        for name, stat in (("latents_mean", latents_mean), ("latents_std", latents_std)):
+            if stat is not None and len(stat) != channels:
+                raise ValueError(f"{name} has {len(stat)} values; the transformer has {channels} channels")
+        if (latents_mean is None) != (latents_std is None):
+            raise ValueError("latents_mean and latents_std must be given together")
+        if latents_mean is not None and scaling_factor is not None:
+            raise ValueError("give either latents_mean/latents_std or scaling_factor, not both")
+        if latents_std is not None and min(latents_std) <= 0:
+            raise ValueError("latents_std must be positive")
+        SamplingDefaults.from_dict(sampling)  # validate now, not at the first call
+        self.register_to_config(
+            id2label={str(k): v for k, v in sorted(id2label.items())},
+            latents_mean=list(map(float, latents_mean)) if latents_mean is not None else None,
+            latents_std=list(map(float, latents_std)) if latents_std is not None else None,
+            scaling_factor=scaling_factor,
+            sampling=dict(sampling or {}),
+        )
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    # ----------------------------------------------------------------------------------------
+    # labels
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.config.id2label.items()}
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Every name and synonym (comma-separated in ``id2label``), lower-cased -> class id."""
+        out = {}
+        for idx, names in self.id2label.items():
+            for name in names.split(","):
+                out.setdefault(name.strip().lower(), idx)
+        return out
+
+    def get_label_ids(self, label: str | Sequence[str]) -> list[int]:
+        """Class ids of one name or a list of names (case-insensitive; synonyms count).
+
+        Raises:
+            ValueError: for a name that is not a class of this pipeline.
+        """
+        names = [label] if isinstance(label, str) else list(label)
+        table = self.labels
+        missing = [n for n in names if n.strip().lower() not in table]
+        if missing:
+            known = ", ".join(list(table)[:8])
+            raise ValueError(f"unknown class name(s) {missing}; known names include: {known}, ...")
+        return [table[n.strip().lower()] for n in names]
+
+    def _label_tensor(self, class_labels, device: torch.device) -> torch.Tensor:
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.tolist()
+        if isinstance(class_labels, (int, str)):
+            class_labels = [class_labels]
+        class_labels = list(class_labels)
+        if not class_labels:
+            raise ValueError("class_labels is empty")
+        ids = [self.get_label_ids(c)[0] if isinstance(c, str) else c for c in class_labels]
+        n = self.transformer.config.num_classes
+        bad = [c for c in ids if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < n]
+        if bad:
+            raise ValueError(f"class_labels {bad} are not class ids in [0, {n}) or class names")
+        return torch.tensor(ids, dtype=torch.long, device=device)
+
+    # ----------------------------------------------------------------------------------------
+    # latents
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Model-space latents ``(B, C, h, w)`` -> images in [-1, 1] ``(B, 3|C, H, W)``."""
+        if self.vae is None:
+            return latents
+        cfg = self.config
+        if cfg.latents_mean is not None:
+            shape = (1, -1, 1, 1)
+            mean = torch.tensor(cfg.latents_mean, device=latents.device, dtype=latents.dtype).view(shape)
+            std = torch.tensor(cfg.latents_std, device=latents.device, dtype=latents.dtype).view(shape)
+            latents = latents * std + mean
+        elif cfg.scaling_factor is not None:
+            latents = latents / cfg.scaling_factor
+        return self.vae.decode(latents.to(self.vae.dtype)).sample
+
+    def _check_scheduler(self) -> None:
+        cfg = self.scheduler.config
+        if (
+            cfg.get("shift", 1.0) != 1.0
+            or cfg.get("use_dynamic_shifting")
+            or cfg.get("invert_sigmas")
+            or cfg.get("shift_terminal")
+            or any(cfg.get(k) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"))
+        ):
+            raise ValueError(
+                "the scheduler must be a plain FlowMatchEulerDiscreteScheduler (shift=1.0, no dynamic shifting "
+                "or sigma re-spacing): the pipeline builds the time grid itself; use timestep_shift instead"
+            )
+
+    def _resolve_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        factor = self.vae_scale_factor * self.transformer.config.patch_size
+        default = self.transformer.config.sample_size * self.vae_scale_factor
+        height, width = height or default, width or default
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % factor:
+                raise ValueError(
+                    f"{name}={value} must be a positive multiple of {factor} "
+                    f"(VAE factor {self.vae_scale_factor} x patch size {self.transformer.config.patch_size})"
+                )
+        return height, width
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | Sequence[int | str] | torch.Tensor,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        timestep_shift: float | None = None,
+        sampler: str | None = None,
+        cfg_channels: int | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, float, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        autocast: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate one image per class label.
+
+        Args:
+            class_labels: class ids, class names, or a mix; one image each.
+            guidance_scale, num_inference_steps, guidance_interval, timestep_shift, sampler, cfg_channels:
+                see :class:`SamplingDefaults`; None takes the pipeline's stored value, then the default.
+            height, width: output size in pixels, any positive multiple of VAE factor x patch size,
+                non-square allowed; defaults to the training size.
+            generator: one generator, or one per image: image ``i`` then depends only on
+                ``generator[i]`` and its label, whatever the batch size.
+            latents: initial noise ``(B, C, h, w)`` instead of drawing it.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            callback_on_step_end: ``fn(pipe, step, t, {"latents": ...}) -> dict`` after each step; a
+                returned ``"latents"`` replaces the current ones.
+            autocast: on CUDA, run an fp32 transformer under bf16 autocast (integration stays fp32).
+        Returns:
+            ``ImagePipelineOutput(images=...)``, or a tuple ``(images,)``.
+        """
+        stored = {k: v for k, v in asdict(SamplingDefaults.from_dict(self.config.sampling)).items()}
+        given = dict(
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            sampler=sampler,
+            guidance_interval=guidance_interval,
+            timestep_shift=timestep_shift,
+            cfg_channels=cfg_channels,
+        )
+        settings = SamplingDefaults.from_dict({**stored, **{k: v for k, v in given.items() if v is not None}})
+        if settings.sampler not in flow.SAMPLERS:
+            raise ValueError(f"sampler must be one of {flow.SAMPLERS}, got {settings.sampler!r}")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        self._check_scheduler()
+        guidance = flow.Guidance(settings.guidance_scale, settings.guidance_interval, settings.cfg_channels)
+        device = self._execution_device
+        labels = self._label_tensor(class_labels, device)
+        B = labels.shape[0]
+        height, width = self._resolve_size(height, width)
+        C = self.transformer.config.in_channels
+        shape = (B, C, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if isinstance(generator, list) and len(generator) != B:
+            raise ValueError(f"got {len(generator)} generators for {B} class labels; pass one per image or one")
+
+        # 1. initial noise, float32 whatever the model dtype
+        if latents is None:
+            latents = flow.per_sample_noise(torch.empty(shape, device=device), generator)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} for these labels and size, got {tuple(latents.shape)}")
+        latents = latents.to(device=device, dtype=torch.float32)
+
+        # 2. time grid (t=0 noise -> t=1 data); the scheduler steps in sigma = 1 - t
+        times = flow.time_grid(settings.num_inference_steps, settings.timestep_shift)
+        self.scheduler.set_timesteps(sigmas=(1 - times[:-1]).tolist(), device=device)
+        use_autocast = autocast and device.type == "cuda" and self.transformer.dtype == torch.float32
+
+        def model(x, t, y):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                return self.transformer(x.to(self.transformer.dtype), t, y).sample.float()
+
+        def velocity(x, t):
+            return guidance.velocity(model, x, t, labels, self.transformer.config.num_classes)
+
+        # 3. integrate: Euler through the scheduler, Heun and the SDE through flow.step
+        names = callback_on_step_end_tensor_inputs or ["latents"]
+        if set(names) - set(self._callback_tensor_inputs):
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}")
+        ts = times.tolist()
+        n = len(ts) - 1
+        with self.progress_bar(total=n) as progress:
+            for i in range(n):
+                if settings.sampler == "euler":
+                    v = velocity(latents, torch.full((B,), ts[i], device=device))
+                    latents = self.scheduler.step(-v, self.scheduler.timesteps[i], latents).prev_sample
+                else:
+                    latents = flow.step(settings.sampler, velocity, latents, ts[i], ts[i + 1], generator, i == n - 1)
+                if callback_on_step_end is not None:
+                    out = callback_on_step_end(self, i, ts[i], {"latents": latents})
+                    latents = out.pop("latents", latents)
+                progress.update()
+
+        # 4. decode
+        if output_type == "latent":
+            images = latents
+        else:
+            images = self.decode_latents(latents)
+            images = self.image_processor.postprocess(images.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)

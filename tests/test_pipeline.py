@@ -1,0 +1,249 @@
+"""FlashDiTPipeline: scheduler agreement, known-answer sampling, seeds, sizes, labels, save/load, errors."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from test_flow import GaussianMixture
+
+from flashdit import FlashDiTTransformer2DModel, flow
+from flashdit.pipeline import FlashDiTPipeline, SamplingDefaults
+
+
+def tiny_transformer(in_channels=1, num_classes=10, **kwargs):
+    torch.manual_seed(0)
+    model = FlashDiTTransformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=in_channels,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        num_classes=num_classes,
+        **kwargs,
+    )
+    with torch.no_grad():  # leave adaLN-Zero so the velocity depends on everything
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def tiny_vae():
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+    ).eval()
+
+
+def pixel_pipe(**kwargs):
+    names = {i: f"class{i}, alias{i}" for i in range(10)}
+    return FlashDiTPipeline(tiny_transformer(), FlowMatchEulerDiscreteScheduler(), id2label=names, **kwargs)
+
+
+def latent_pipe(**kwargs):
+    return FlashDiTPipeline(
+        tiny_transformer(in_channels=4),
+        FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_vae(),
+        id2label={i: f"c{i}" for i in range(10)},
+        **kwargs,
+    )
+
+
+def gens(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_first_euler_step_equals_scheduler_step_on_the_same_velocity():
+    pipe = pixel_pipe()
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([3, 7])
+    seen = {}
+
+    def record(pipe_, i, t, kw):
+        seen[i] = kw["latents"].clone()
+        return {}
+
+    pipe(
+        y,
+        num_inference_steps=4,
+        timestep_shift=0.3,
+        latents=x,
+        output_type="latent",
+        callback_on_step_end=record,
+    )
+    times = flow.time_grid(4, 0.3)
+    sched = FlowMatchEulerDiscreteScheduler()
+    sched.set_timesteps(sigmas=(1 - times[:-1]).tolist())
+    v = pipe.transformer(x, torch.zeros(2), y).sample
+    torch.testing.assert_close(seen[0], sched.step(-v, sched.timesteps[0], x).prev_sample)
+    torch.testing.assert_close(seen[0], x + float(times[1]) * v)
+
+
+class GMMVelocity(ModelMixin, ConfigMixin):
+    """The exact conditional velocity of a 3-component Gaussian mixture on (B, 2, 1, 1) "images":
+    label k is component k, the null label 3 the whole mixture."""
+
+    @register_to_config
+    def __init__(self, in_channels=2, num_classes=3, patch_size=1, sample_size=1):
+        super().__init__()
+        self.gmm = GaussianMixture()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, hidden_states, timestep, class_labels, return_dict=True):
+        x = hidden_states.flatten(1)
+        v = self.gmm.velocity(x, timestep).clone()
+        cond = class_labels < 3
+        if cond.any():
+            v[cond] = self.gmm.velocity(x[cond], timestep[cond], class_labels[cond])
+        return Transformer2DModelOutput(sample=v.view_as(hidden_states).float())
+
+
+@pytest.mark.parametrize("sampler,steps", [("euler", 60), ("heun", 20)])
+def test_pipeline_samples_each_class_of_a_known_mixture(sampler, steps):
+    pipe = FlashDiTPipeline(GMMVelocity(), FlowMatchEulerDiscreteScheduler(), id2label={0: "a", 1: "b", 2: "c"})
+    pipe.set_progress_bar_config(disable=True)
+    labels = [0] * 3000 + [1] * 3000 + ["c"] * 3000
+    out = (
+        pipe(
+            labels,
+            num_inference_steps=steps,
+            sampler=sampler,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        )
+        .images.flatten(1)
+        .double()
+    )
+    gmm = GaussianMixture()
+    for k in range(3):
+        samples = out[3000 * k : 3000 * (k + 1)]
+        torch.testing.assert_close(samples.mean(0), gmm.mu[k], atol=0.05, rtol=0)
+        torch.testing.assert_close(samples.std(0), gmm.s[k].expand(2), atol=0.04, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "sde"])
+def test_image_depends_only_on_its_seed_and_label(sampler):
+    pipe = pixel_pipe()
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=3, sampler=sampler, output_type="pt", guidance_scale=2.0)
+    batch = pipe([1, 2, 3], generator=gens([10, 11, 12]), **kwargs).images
+    alone = pipe([2], generator=gens([11]), **kwargs).images
+    swapped = pipe([3, 1], generator=gens([12, 10]), **kwargs).images
+    torch.testing.assert_close(alone[0], batch[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(swapped[0], batch[2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(swapped[1], batch[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(batch[0], batch[1])
+
+
+def test_non_square_sizes_in_pixel_and_latent_space():
+    pipe = pixel_pipe()
+    assert pipe(1, num_inference_steps=1, height=8, width=12, output_type="pt").images.shape == (1, 1, 8, 12)
+    assert pipe(1, num_inference_steps=1).images[0].size == (8, 8)  # default: the training size
+    lat = latent_pipe()
+    out = lat([0, 5], num_inference_steps=2, height=16, width=28, output_type="pt").images
+    assert out.shape == (2, 3, 16, 28) and 0 <= out.min() and out.max() <= 1
+    img = lat(0, num_inference_steps=1, height=24, width=16).images[0]
+    assert img.size == (16, 24) and img.mode == "RGB"
+    assert lat(0, num_inference_steps=1, height=16, width=20, output_type="latent").images.shape == (1, 4, 8, 10)
+
+
+def test_latent_statistics_are_applied_on_decode():
+    mean, std = [0.1, -0.2, 0.3, 0.0], [2.0, 0.5, 1.0, 1.5]
+    pipe = latent_pipe(latents_mean=mean, latents_std=std)
+    z = torch.randn(1, 4, 4, 4)
+    expected = pipe.vae.decode(z * torch.tensor(std).view(1, 4, 1, 1) + torch.tensor(mean).view(1, 4, 1, 1)).sample
+    torch.testing.assert_close(pipe.decode_latents(z), expected)
+    scaled = latent_pipe(scaling_factor=0.18215)
+    torch.testing.assert_close(scaled.decode_latents(z), scaled.vae.decode(z / 0.18215).sample)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    pipe = latent_pipe(
+        latents_mean=[0.0, 1.0, 2.0, 3.0],
+        latents_std=[1.0, 2.0, 3.0, 4.0],
+        sampling=dict(guidance_scale=3.0, num_inference_steps=2, timestep_shift=0.5),
+    )
+    pipe.save_pretrained(tmp_path)
+    loaded = FlashDiTPipeline.from_pretrained(tmp_path)
+    assert loaded.id2label == pipe.id2label and loaded.config.latents_std == [1.0, 2.0, 3.0, 4.0]
+    assert loaded.config.sampling["guidance_scale"] == 3.0 and loaded.vae_scale_factor == 2
+    a = pipe([1, 4], generator=gens([0, 1]), output_type="pt").images
+    b = loaded([1, 4], generator=gens([0, 1]), output_type="pt").images
+    assert torch.equal(a, b)
+    pixel = pixel_pipe()
+    pixel.save_pretrained(tmp_path / "pixel")
+    assert FlashDiTPipeline.from_pretrained(tmp_path / "pixel").vae is None
+
+
+def test_stored_defaults_apply_and_call_arguments_override():
+    pipe = pixel_pipe(sampling=dict(num_inference_steps=3))
+    calls = []
+    pipe(1, callback_on_step_end=lambda p, i, t, kw: calls.append(i) or {})
+    assert calls == [0, 1, 2]
+    calls.clear()
+    pipe(1, num_inference_steps=5, callback_on_step_end=lambda p, i, t, kw: calls.append(i) or {})
+    assert len(calls) == 5
+    assert SamplingDefaults().guidance_scale == 1.0
+    with pytest.raises(ValueError, match="unknown sampling settings"):
+        pixel_pipe(sampling=dict(cfg=4.0))
+
+
+def test_class_names_and_imagenet_labels():
+    pipe = pixel_pipe()
+    assert pipe.get_label_ids("alias3") == [3]
+    assert pipe.get_label_ids(["Class1", "class2 "]) == [1, 2]
+    with pytest.raises(ValueError, match="unknown class name"):
+        pipe.get_label_ids("dog")
+    imagenet = FlashDiTPipeline(tiny_transformer(num_classes=1000), FlowMatchEulerDiscreteScheduler())
+    assert imagenet.get_label_ids("golden retriever") == [207]
+    assert imagenet.get_label_ids(["tench", "goldfish"]) == [0, 1]
+    assert len(imagenet.id2label) == 1000
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (dict(class_labels=[10]), r"not class ids in \[0, 10\)"),
+        (dict(class_labels=[-1]), "not class ids"),
+        (dict(class_labels=["dog"]), "unknown class name"),
+        (dict(class_labels=[1], height=9), "height=9 must be a positive multiple of 2"),
+        (dict(class_labels=[1], width=7), "width=7"),
+        (dict(class_labels=[1, 2], generator=gens([0])), "one per image"),
+        (dict(class_labels=[1], latents=torch.zeros(1, 1, 4, 4)), "latents must have shape"),
+        (dict(class_labels=[1], sampler="dpm"), "sampler must be one of"),
+        (dict(class_labels=[1], num_inference_steps=0), "at least 1"),
+        (dict(class_labels=[1], output_type="jpg"), "output_type"),
+        (dict(class_labels=[]), "empty"),
+    ],
+)
+def test_bad_input_is_a_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        pixel_pipe()(**{"num_inference_steps": 1, **call})
+
+
+def test_bad_construction_is_a_value_error():
+    with pytest.raises(ValueError, match="latents_mean has 2 values"):
+        latent_pipe(latents_mean=[0, 0], latents_std=[1, 1])
+    with pytest.raises(ValueError, match="together"):
+        latent_pipe(latents_mean=[0, 0, 0, 0])
+    with pytest.raises(ValueError, match="outside"):
+        FlashDiTPipeline(tiny_transformer(), FlowMatchEulerDiscreteScheduler(), id2label={12: "x"})
+    with pytest.raises(ValueError, match="shift=1.0"):
+        FlashDiTPipeline(tiny_transformer(), FlowMatchEulerDiscreteScheduler(shift=3.0))(1)
+
+
+def test_bfloat16_pipeline_runs():
+    pipe = pixel_pipe().to(torch.bfloat16)
+    out = pipe([1, 2], num_inference_steps=2, output_type="np").images
+    assert out.shape == (2, 8, 8, 1) and np.isfinite(out).all()
