@@ -16,14 +16,17 @@ import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 
 
-def time_round_robin(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved across functions."""
+def time_round_robin(
+    fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1, min_seconds: float = 0.0
+) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved across functions; at least
+    ``repeats`` rounds, and more until every function has run for ``min_seconds`` in total."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
-    for _ in range(repeats):
+    while min(len(ts) for ts in times.values()) < repeats or min(sum(ts) for ts in times.values()) < min_seconds:
         for name, fn in fns.items():
             sync()
             start = time.perf_counter()

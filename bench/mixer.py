@@ -72,12 +72,15 @@ def main(args) -> None:
     torch.set_num_threads(args.threads)
     print(f"# device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} fp32")
     print(f"# mixer: dim {args.dim}, {args.heads} heads, batch {args.batch}, window {args.window}, kernel 3")
-    print(f"# forward+backward, median of {args.repeats} round-robin; MiB = peak live tensors incl. inputs\n")
+    print(
+        f"# forward+backward, median of >= {args.repeats} round-robin calls (>= {args.min_seconds} s each); "
+        "MiB = peak live tensors incl. inputs\n"
+    )
 
     rows = []
     for grid in args.grids:
         cases = {n: mixer_case(n, grid, args) for n in MIXERS}
-        t = time_round_robin({n: c.step for n, c in cases.items()}, args.repeats)
+        t = time_round_robin({n: c.step for n, c in cases.items()}, args.repeats, min_seconds=args.min_seconds)
         mem = {n: peak_tensor_mib(c.step, *c.tracked) for n, c in cases.items()}
         rows.append(
             [f"{grid}x{grid}"]
@@ -125,6 +128,7 @@ def parse_args(argv=None):
     p.add_argument("--model-batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--model-repeats", type=int, default=3)
+    p.add_argument("--min-seconds", type=float, default=2.0, help="mixer rows: time each variant at least this long")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)

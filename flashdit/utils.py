@@ -1,0 +1,71 @@
+"""Small shared helpers: atomic file writes, image grids, device/dtype choice, pipeline loading."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename, so a
+    crash mid-write leaves the previous file (or none) rather than a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_image(image: Image.Image, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG")
+
+
+def image_grid(images: Sequence[Image.Image], nrow: int, pad: int = 2, fill: int = 255) -> Image.Image:
+    """Tile equally sized images row-major, ``nrow`` per row, with a ``pad``-pixel margin."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    w, h = images[0].size
+    rows = (len(images) + nrow - 1) // nrow
+    grid = Image.new(images[0].mode, (nrow * (w + pad) + pad, rows * (h + pad) + pad), color=fill)
+    for i, img in enumerate(images):
+        grid.paste(img, (pad + (i % nrow) * (w + pad), pad + (i // nrow) * (h + pad)))
+    return grid
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_pipeline(path: str, device: str | torch.device | None = None, dtype: str = "fp32"):
+    """Load a ``FlashDiTPipeline`` from a directory (or a hub id when online) onto a device."""
+    from .pipeline import FlashDiTPipeline
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    local = Path(path)
+    if local.exists():
+        if not (local / "model_index.json").is_file():
+            raise FileNotFoundError(f"{path} is not a pipeline directory: it has no model_index.json")
+    elif not _HUB_ID.match(path):
+        raise FileNotFoundError(f"no pipeline directory at {path}")
+    pipe = FlashDiTPipeline.from_pretrained(path, torch_dtype=DTYPES[dtype])
+    return pipe.to(device or default_device())
