@@ -1,6 +1,15 @@
 """FlashDiT: class-conditional diffusion transformers with the Iwin mixer."""
 
 from .models import FLASHDIT_SIZES, FlashDiTTransformer2DModel, IwinMixer, interleave, restore
+from .pipeline import FlashDiTPipeline, SamplingDefaults
 
 __version__ = "0.1.0"
-__all__ = ["FLASHDIT_SIZES", "FlashDiTTransformer2DModel", "IwinMixer", "interleave", "restore"]
+__all__ = [
+    "FLASHDIT_SIZES",
+    "FlashDiTPipeline",
+    "FlashDiTTransformer2DModel",
+    "IwinMixer",
+    "SamplingDefaults",
+    "interleave",
+    "restore",
+]

@@ -1,0 +1,216 @@
+"""Typed experiment configuration: YAML recipes into dataclasses, with dotted command-line overrides.
+
+Unknown keys and values of the wrong type are errors that name the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    """The transformer. ``size`` picks a registry entry; any field set here overrides it."""
+
+    size: str | None = "FlashDiT-S/2"
+    in_channels: int | None = None  # default: from the data
+    sample_size: int | None = None  # default: from the data
+    num_classes: int | None = None  # default: from the data
+    patch_size: int | None = None
+    hidden_size: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float = 4.0
+    class_dropout_prob: float = 0.1
+    mixer: Literal["iwin", "window", "attention", "conv"] = "iwin"
+    window_size: int = 4
+    kernel_size: int | None = 3
+    pos_embed: Literal["none", "sincos", "rope", "sincos+rope"] = "none"
+    qk_norm: bool = False
+
+
+@dataclass
+class FlowConfig:
+    t_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    t_mean: float = 0.0
+    t_std: float = 1.0
+    cosine_weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    """``kind``: ``latents`` (a directory written by ``python -m flashdit.extract``) or
+    ``fashion_mnist`` (pixel space, IDX files, 28×28 padded to ``pad_to``)."""
+
+    kind: Literal["latents", "fashion_mnist"] = "fashion_mnist"
+    path: str | None = None  # default for fashion_mnist: Debian's /usr/share/datasets/fashion-mnist
+    pad_to: int = 32
+    random_flip: bool = True
+    num_workers: int = 0
+    limit: int | None = None  # use only the first N examples (smoke tests)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/fashion_mnist"
+    seed: int = 0
+    global_batch_size: int = 64
+    grad_accum_steps: int = 1
+    max_steps: int = 1000
+    stop_after: int | None = None  # checkpoint and stop at this step (a planned interruption); resume later
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    max_grad_norm: float | None = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay_t = min(decay, (1 + t) / (10 + t))
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    cpu: bool = False  # force CPU processes (gloo), e.g. two CPU workers under accelerate launch
+    log_every: int = 10
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+
+@dataclass
+class SampleConfig:
+    """Periodic sample grids during training and the exported pipeline's defaults."""
+
+    guidance_scale: float = 1.0
+    num_inference_steps: int = 50
+    sampler: Literal["euler", "heun", "sde"] = "euler"
+    timestep_shift: float = 1.0
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
+    per_class: int = 8
+    classes: list[int] | None = None  # rows of the sample grid; default: the first 10 classes
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (tuples from lists, floats from ints)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not {' or '.join(_type_name(a) for a in args)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: {value!r} is not a list")
+        if origin is tuple and len(args) != len(value):
+            raise ConfigError(f"{key}: {value!r} must have {len(args)} items")
+        items = args if origin is tuple else [args[0]] * len(value)
+        out = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, items))]
+        return tuple(out) if origin is tuple else out
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: {value!r} is not a float") from None
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} is not a bool (true/false)")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: {value!r} is not an int")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if not isinstance(value, tp):
+        raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
+    return value
+
+
+def from_dict(cls, values: dict | None, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key(s) {[where + k for k in unknown]}; allowed under {prefix or 'the top level'}: {names}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config) -> dict:
+    """Plain nested dict (tuples as lists), for YAML/JSON."""
+
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides (values parsed as YAML: ``1e-4``, ``true``, ``[1, 2]``)."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        node = values
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML recipe (or the defaults when ``path`` is None) and apply overrides."""
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+    return from_dict(ExperimentConfig, apply_overrides(values, overrides or []))
