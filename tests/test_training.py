@@ -256,7 +256,8 @@ def test_loss_falls_when_overfitting_one_batch(tmp_path, idx_dir):
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, idx_dir):
-    common = ["train.max_steps=6", "train.checkpoint_every=100", "train.keep_checkpoints=5", "train.lr_schedule=cosine",
+    common = ["train.max_steps=6", "train.checkpoint_every=100", "train.keep_checkpoints=5",
+              "train.lr_schedule=cosine",
               "train.warmup_steps=2", "train.ema_warmup=true", "data.random_flip=true"]  # fmt: skip
     run_train(*cfg_args(tmp_path / "full", idx_dir, *common))
     run_train(*cfg_args(tmp_path / "split", idx_dir, *common, "train.stop_after=3"))
@@ -364,7 +365,8 @@ def test_two_cpu_processes_train_with_the_same_global_batch(tmp_path, idx_dir):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           str(ROOT / "train.py"), *cfg_args(tmp_path / "run", idx_dir, "train.max_steps=2", "train.cpu=true")]  # fmt: skip
+           str(ROOT / "train.py"),
+           *cfg_args(tmp_path / "run", idx_dir, "train.max_steps=2", "train.cpu=true")]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_0000002" / "state.json").read_text())

@@ -19,6 +19,7 @@ from .mixer import IwinMixer
 from .norms import RMSNorm
 
 MIXERS = ("iwin", "window", "attention", "conv")
+MODULATIONS = ("adaln-zero", "flashdit-official")
 POS_EMBEDS = ("none", "sincos", "rope", "sincos+rope")
 
 # LightningDiT's sizes (depth, width, heads) at patch 1 and 2; "FlashDiT-XL/1" is the paper's model.
@@ -65,29 +66,40 @@ class PatchEmbed(nn.Module):
 
 
 class FlashDiTBlock(nn.Module):
-    """LightningDiT block with the Iwin mixer in place of attention (adaLN-Zero, RMSNorm, SwiGLU).
+    """LightningDiT block with the Iwin mixer in place of attention (RMSNorm, SwiGLU, adaLN).
 
-    ``x = x + g1 · mixer(modulate(norm1(x), s1, c1)); x = x + g2 · mlp(modulate(norm2(x), s2, c2))``,
-    the six modulation vectors coming from the conditioning, zero at init so the block starts as identity.
+    ``modulation="adaln-zero"`` (FlashDiT as in the paper, LightningDiT): six vectors from the
+    conditioning, ``x += g1 · mixer(modulate(norm1(x), s1, c1))``, ``x += g2 · mlp(modulate(norm2(x), s2, c2))``,
+    all zero at init so each block starts as the identity.
+
+    ``modulation="flashdit-official"`` (the official FlashDiT release): seven vectors, the attention and convolution
+    branches gated apart around one: ``x += (1 + g_conv) · conv + (1 + g_msa) · attn``,
+    ``x += (1 + g_mlp) · mlp``; zero-initialised, so the branches are on at init.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, mixer: nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, mixer: nn.Module, modulation: str):
         super().__init__()
+        self.modulation = modulation
         self.norm1 = RMSNorm(hidden_size)
         self.mixer = mixer
         self.norm2 = RMSNorm(hidden_size)
         self.mlp = SwiGLU(hidden_size, int(2 / 3 * int(hidden_size * mlp_ratio)))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        n = 7 if modulation == "flashdit-official" else 6
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, n * hidden_size))
 
     def forward(
         self, x: torch.Tensor, c: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        # (B, 6D) -> six (B, 1, 1, D) vectors broadcast over the (B, H, W, D) grid
-        mod = self.adaLN_modulation(c)[:, None, None].chunk(6, dim=-1)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
-        x = x + gate_msa * self.mixer(modulate(self.norm1(x), shift_msa, scale_msa), rope)
-        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-        return x
+        # (B, n·D) -> n vectors (B, 1, 1, D) broadcast over the (B, H, W, D) grid
+        mod = self.adaLN_modulation(c)[:, None, None].chunk(7 if self.modulation == "flashdit-official" else 6, dim=-1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod[:6]
+        h = modulate(self.norm1(x), shift_msa, scale_msa)
+        if self.modulation == "flashdit-official":
+            attn, conv = self.mixer.branches(h, rope)
+            x = x + (1 + mod[6]) * conv + (1 + gate_msa) * attn
+            return x + (1 + gate_mlp) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = x + gate_msa * self.mixer(h, rope)
+        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
 class FinalLayer(nn.Module):
@@ -127,6 +139,8 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin):
         pos_embed: ``"none"`` (FlashDiT), ``"sincos"`` (DiT), ``"rope"`` or ``"sincos+rope"`` (LightningDiT).
         qk_norm: RMSNorm on queries and keys.
         qkv_bias: bias on the qkv projection.
+        modulation: ``"adaln-zero"`` (default) or ``"flashdit-official"``, the official FlashDiT release's seven-way
+            modulation with separately gated attention and convolution (see :class:`FlashDiTBlock`).
     """
 
     _supports_gradient_checkpointing = True
@@ -151,6 +165,7 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin):
         pos_embed: str = "none",
         qk_norm: bool = False,
         qkv_bias: bool = True,
+        modulation: str = "adaln-zero",
     ):
         super().__init__()
         if mixer not in MIXERS:
@@ -166,6 +181,12 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"window_size must be a positive integer, got {window_size}")
         if num_classes <= 0:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if modulation not in MODULATIONS:
+            raise ValueError(f"modulation must be one of {MODULATIONS}, got {modulation!r}")
+        if modulation == "flashdit-official" and (mixer == "conv" or kernel_size is None):
+            raise ValueError(
+                'modulation="flashdit-official" gates attention and convolution apart: it needs both branches'
+            )
         if mixer == "conv" and kernel_size is None:
             raise ValueError('mixer="conv" needs a kernel_size')
         if mixer == "conv" and "rope" in pos_embed:
@@ -183,7 +204,7 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin):
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.blocks = nn.ModuleList(
-            [FlashDiTBlock(hidden_size, num_heads, mlp_ratio, self._make_mixer()) for _ in range(depth)]
+            [FlashDiTBlock(hidden_size, num_heads, mlp_ratio, self._make_mixer(), modulation) for _ in range(depth)]
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.gradient_checkpointing = False
@@ -224,7 +245,8 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin):
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        # adaLN-Zero: every modulation starts at zero, so each block is the identity
+        # adaLN-Zero: every modulation starts at zero, so each block is the identity (with
+        # modulation="flashdit-official" the gates are 1 + 0: the branches start on, as in the official code)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)

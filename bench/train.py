@@ -1,0 +1,98 @@
+"""Training throughput (images/s) of full optimizer steps: the Fashion-MNIST quickstart model and
+FlashDiT-S/2 on 256 px SD-VAE-sized latents (32×32×4, a 16×16 token grid), each with the Iwin mixer
+and with global attention + sin-cos position embedding, measured side by side.
+
+    python bench/train.py                # fp32, CPU threads as configured
+    python bench/train.py --repeats 10 --s2-batch 16
+
+One step = sample t and noise, forward, flow loss (MSE + cosine), backward, grad clip, AdamW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import markdown_table, time_round_robin  # noqa: E402
+
+from flashdit import flow  # noqa: E402
+from flashdit.config import load_config  # noqa: E402
+from flashdit.training import build_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE = ["model.mixer=attention", "model.kernel_size=null", "model.pos_embed=sincos"]
+
+
+def make_step(model_cfg, info: dict, batch: int, device: torch.device):
+    torch.manual_seed(0)
+    model = build_model(model_cfg, info).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    x1 = torch.randn(batch, info["channels"], info["size"], info["size"], device=device)
+    y = torch.randint(0, info["num_classes"], (batch,), device=device)
+
+    def step():
+        x0 = torch.randn_like(x1)
+        t = flow.sample_t(batch, "logit_normal", device=device)
+        v = model(flow.interpolate(x1, x0, t), t, y).sample
+        loss, _ = flow.flow_loss(v, flow.velocity_target(x1, x0), cosine_weight=1.0)
+        loss.mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, model.num_parameters()
+
+
+def main(args) -> None:
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    quick = load_config(ROOT / "configs" / "fashion_mnist.yaml")
+    s2 = load_config(None, ["model.size=FlashDiT-S/2"])
+    fm_info = dict(channels=1, size=32, num_classes=10)
+    latent_info = dict(channels=4, size=32, num_classes=1000)
+    cases = {
+        ("quickstart", "iwin"): (quick.model, fm_info, args.quick_batch),
+        ("quickstart", "attention"): (load_config(ROOT / "configs" / "fashion_mnist_attention.yaml").model, fm_info,
+                                      args.quick_batch),
+        ("FlashDiT-S/2 256px", "iwin"): (s2.model, latent_info, args.s2_batch),
+        ("FlashDiT-S/2 256px", "attention"): (load_config(None, ["model.size=FlashDiT-S/2", *BASELINE]).model,
+                                              latent_info, args.s2_batch),
+    }  # fmt: skip
+    print(f"# device={device} threads={torch.get_num_threads()} torch={torch.__version__} fp32")
+    print(f"# median of >= {args.repeats} round-robin steps per model (>= {args.min_seconds} s each)\n")
+    rows = []
+    for model_name in dict.fromkeys(k[0] for k in cases):
+        steps, params, batch = {}, {}, {}
+        for mixer in ("iwin", "attention"):
+            cfg, info, b = cases[(model_name, mixer)]
+            steps[mixer], params[mixer] = make_step(cfg, info, b, device)
+            batch[mixer] = b
+        t = time_round_robin(steps, args.repeats, min_seconds=args.min_seconds)
+        for mixer in ("iwin", "attention"):
+            rows.append([
+                model_name, mixer, f"{params[mixer] / 1e6:.2f}M", str(batch[mixer]), f"{t[mixer]:.3f}",
+                f"{batch[mixer] / t[mixer]:.1f}", f"{t['attention'] / t[mixer]:.2f}x",
+            ])  # fmt: skip
+        print(f"  {model_name}: " + ", ".join(f"{m} {batch[m] / s:.1f} img/s" for m, s in t.items()), flush=True)
+    print()
+    print(markdown_table(["model", "mixer", "params", "batch", "step s", "images/s", "speed vs attention"], rows))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick-batch", type=int, default=64)
+    p.add_argument("--s2-batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--min-seconds", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,193 @@
+"""Evaluate a FlashDiT pipeline: sample N class-balanced images and score them (FID, IS, KID,
+precision/recall with torch-fidelity's TF-FID Inception; class accuracy for Fashion-MNIST).
+
+    python eval_fid.py --model PATH --cfg 1.5                           # 50,000 samples, DiT's FID setting
+    python eval_fid.py --model runs/fashion_mnist/pipeline --cfg 1.5 --num-samples 2000 \\
+        --reference refs/fashion_mnist_test.npz --metrics fid kid prc --classifier fashion-mnist
+    accelerate launch eval_fid.py ...                                   # sampling split across processes
+
+Image i has label ``i mod num_classes`` and seed ``--seed + i``, so the sample set is the same for any
+batch size or process count. Samples go to ``--out`` in shards (an interrupted run resumes), then to an
+ADM-style ``samples.npz`` (``arr_0`` uint8 NHWC), optionally PNGs; metrics and every setting to
+``metrics.json``. Reference statistics: ``python -m flashdit.evaluation reference --source ... --out ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from accelerate import PartialState
+
+from flashdit.evaluation import (
+    METRICS,
+    InceptionFeatures,
+    balanced_labels,
+    collect_shards,
+    compute_metrics,
+    load_reference,
+    sample_shards,
+    write_adm_npz,
+)
+from flashdit.pipeline import SamplingDefaults
+from flashdit.utils import DTYPES, atomic_path, load_pipeline, save_image
+
+
+def default_out(args) -> Path:
+    name = Path(args.model.rstrip("/")).name or "model"
+    if name == "pipeline":
+        name = Path(args.model.rstrip("/")).parent.name
+    return (
+        Path("eval")
+        / f"{name}_cfg{args.cfg}_{args.sampler or 'default'}{args.steps or ''}_n{args.num_samples}_seed{args.seed}"
+    )
+
+
+def main(args: argparse.Namespace) -> dict:
+    state = PartialState()
+    metrics = list(dict.fromkeys(args.metrics))
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
+    if args.num_samples <= 0:
+        raise ValueError(f"--num-samples must be positive, got {args.num_samples}")
+    if metrics and metrics != ["isc"] and args.reference is None:
+        raise ValueError(f"--metrics {metrics} need --reference (image folder, .npz, or saved statistics)")
+    out = Path(args.out) if args.out else default_out(args)
+    pipe = load_pipeline(args.model, args.device or state.device, args.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    num_classes = pipe.transformer.config.num_classes
+    labels = balanced_labels(args.num_samples, num_classes)
+    seeds = [args.seed + i for i in range(args.num_samples)]
+    settings = dict(
+        model=str(args.model), num_samples=args.num_samples, seed=args.seed, guidance_scale=args.cfg,
+        num_inference_steps=args.steps, sampler=args.sampler, timestep_shift=args.shift,
+        guidance_interval=args.guidance_interval, height=args.height, width=args.width, dtype=args.dtype,
+    )  # fmt: skip
+    # resolve unset settings from the pipeline so the JSON records what actually ran
+    stored = {**pipe.config.sampling}
+    for key in ("num_inference_steps", "sampler", "timestep_shift", "guidance_interval"):
+        if settings[key] is None:
+            settings[key] = stored.get(key, getattr(SamplingDefaults(), key))
+    if isinstance(settings["guidance_interval"], tuple):
+        settings["guidance_interval"] = list(settings["guidance_interval"])
+
+    # 1. reference first: a bad --reference fails before an hour of sampling
+    inception = None
+    if metrics:
+        inception = InceptionFeatures(args.inception_weights, state.device, args.inception_batch_size)
+    reference = load_reference(args.reference, inception, progress=state.is_main_process) if args.reference else None
+
+    # 2. samples (and their Inception features), resumable and split across processes
+    start = time.perf_counter()
+    paths = sample_shards(
+        pipe, out, labels, seeds, settings, args.shard_size, args.batch_size, inception, state,
+        progress=not args.quiet,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    if not state.is_main_process:
+        return {}
+
+    # 3. one sample batch, metrics, report
+    images, sample_labels, features = collect_shards(paths, with_features=inception is not None)
+    write_adm_npz(images, sample_labels, out / "samples.npz")
+    if args.png:
+        for i, img in enumerate(images):
+            save_image(_to_pil(img), out / "png" / f"{i:06d}_{sample_labels[i]}.png")
+    if reference is not None and reference.size and list(images.shape[1:3]) != list(reference.size):
+        print(f"note: samples are {images.shape[1]}x{images.shape[2]}, the reference {reference.size}; "
+              "Inception resizes both to 299x299")  # fmt: skip
+    results = (
+        compute_metrics(features, reference, metrics, args.kid_subset_size, inception.has_logits) if metrics else {}
+    )
+    if args.classifier:
+        results.update(_class_accuracy(args.classifier, images, sample_labels))
+    report = {
+        "metrics": results,
+        "settings": settings,
+        "reference": None if reference is None else reference.source,
+        "inception_weights": None if inception is None else str(inception.weights or "torch-fidelity download"),
+        "num_processes": state.num_processes,
+        "sampling_seconds_this_run": round(elapsed, 1),
+        "samples": str(out / "samples.npz"),
+    }
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    _print_table(results, settings, out)
+    return report
+
+
+def _to_pil(img: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+
+
+def _class_accuracy(which: str, images: np.ndarray, labels: np.ndarray) -> dict:
+    from safetensors.torch import load_file
+
+    from flashdit.classifier import SmallCNN, class_accuracy, fashion_mnist_classifier
+    from flashdit.evaluation import INCEPTION_DEFAULT
+
+    if which == "fashion-mnist":
+        model, test_acc = fashion_mnist_classifier(INCEPTION_DEFAULT.parent / "fashion_mnist_classifier.safetensors")
+    else:
+        path = Path(which)
+        if not path.is_file():
+            raise FileNotFoundError(f"--classifier {which}: no such file (or use 'fashion-mnist')")
+        meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {}
+        model = SmallCNN(images.shape[-1], int(labels.max()) + 1)
+        model.load_state_dict(load_file(path))
+        test_acc = meta.get("test_accuracy")
+    out = class_accuracy(model, images, labels)
+    out["classifier_test_accuracy"] = test_acc
+    return out
+
+
+def _print_table(results: dict, settings: dict, out: Path) -> None:
+    print(f"\nsettings: cfg {settings['guidance_scale']}, {settings['sampler']} {settings['num_inference_steps']} "
+          f"steps, shift {settings['timestep_shift']}, interval {settings['guidance_interval']}, "
+          f"N {settings['num_samples']}, seed {settings['seed']}")  # fmt: skip
+    print("| metric | value |\n|---|---|")
+    for k, v in results.items():
+        if k != "class_accuracy_per_class":
+            print(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    print(f"\nwrote {out / 'metrics.json'} and {out / 'samples.npz'}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="pipeline directory (or hub id when online)")
+    p.add_argument("--cfg", type=float, default=1.5, help="guidance scale (DiT's FID setting: 1.5)")
+    p.add_argument("--num-samples", type=int, default=50_000)
+    p.add_argument("--reference", default=None, help="image folder, ADM .npz (images or mu/sigma), saved statistics, "
+                   "or fashion-mnist:test")  # fmt: skip
+    p.add_argument(
+        "--metrics", nargs="*", default=["fid", "isc"], help=f"any of {list(METRICS)}; none for samples only"
+    )
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--sampler", choices=["euler", "heun", "sde"], default=None)
+    p.add_argument("--shift", type=float, default=None)
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--shard-size", type=int, default=500)
+    p.add_argument("--out", default=None, help="default: eval/<model>_cfg<cfg>_..._n<N>_seed<seed>")
+    p.add_argument("--png", action="store_true", help="also write every sample as a PNG")
+    p.add_argument("--inception-weights", default=None, help="torch-fidelity inception-v3-compat weights file")
+    p.add_argument("--inception-batch-size", type=int, default=64)
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--classifier", default=None, help="'fashion-mnist' or a SmallCNN .safetensors: class accuracy")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())

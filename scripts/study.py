@@ -1,0 +1,211 @@
+"""The mixer study: does the Iwin mixer hold up against global attention? (docs/study.md)
+
+Trains the paper's ablation rows as mixers of one model (Fashion-MNIST, pixel space, 16×16 tokens,
+same size, steps, seed and optimiser), then scores each at cfg 1.0 and 1.5 (FID against the real test
+set, class accuracy) and at 1.5× and 2× the training grid (images padded as the data are).
+
+    python scripts/study.py                         # everything (hours on 2 CPU cores); resumable
+    python scripts/study.py --only flashdit attention --steps 300 --num-samples 200   # a smoke run
+    python scripts/study.py --report-only           # rebuild docs/study.md from runs/study/results.json
+
+Each stage is skipped when its output exists, so an interrupted study continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# The runs: overrides of configs/fashion_mnist.yaml (the quickstart model), one per ablation row.
+RUNS = {
+    "attention": ("global attention + sin-cos (DiT-style)", ["model.mixer=attention", "model.kernel_size=null",
+                                                            "model.pos_embed=sincos"]),
+    "conv": ("DWConv", ["model.mixer=conv", "model.kernel_size=3"]),
+    "w-msa": ("W-MSA", ["model.mixer=window", "model.kernel_size=null"]),
+    "iw-msa": ("IW-MSA", ["model.mixer=iwin", "model.kernel_size=null"]),
+    "conv+w-msa": ("DWConv + W-MSA", ["model.mixer=window", "model.kernel_size=3"]),
+    "flashdit": ("DWConv + IW-MSA (FlashDiT)", ["model.mixer=iwin", "model.kernel_size=3"]),
+}  # fmt: skip
+SIZES = (32, 48, 64)  # pixels: the training grid (16x16 tokens), 1.5x and 2x
+
+
+def train_run(name: str, args) -> dict:
+    from flashdit.config import load_config
+    from flashdit.training import train
+
+    out = Path(args.out) / name
+    pipe = out / "pipeline"
+    record = out / "train_time.json"
+    if pipe.is_dir() and record.is_file():
+        return json.loads(record.read_text())
+    overrides = RUNS[name][1] + [
+        f"train.output_dir={out}", f"train.max_steps={args.steps}", "train.sample_every=0",
+        f"train.checkpoint_every={max(1, args.steps // 4)}", f"train.seed={args.seed}", "train.trackers=[]",
+    ]  # fmt: skip
+    cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides)
+    start = time.perf_counter()
+    train(cfg, resume=True)
+    info = {"wall_seconds": round(time.perf_counter() - start, 1), "steps": args.steps}
+    if (out / "checkpoints").is_dir() and not record.is_file():
+        record.write_text(json.dumps(info))
+    return info
+
+
+def reference(size: int, args):
+    from flashdit.evaluation import InceptionFeatures, load_reference
+
+    path = Path(args.out) / f"reference_test_{size}px_{args.num_reference}.npz"
+    if path.is_file():
+        return load_reference(path)
+    ref = load_reference(f"fashion-mnist:test:{size}", InceptionFeatures(), limit=args.num_reference, progress=True)
+    ref.save(path)
+    return ref
+
+
+def evaluate(name: str, cfg_scale: float, size: int, args) -> dict:
+    from flashdit.classifier import class_accuracy, fashion_mnist_classifier
+    from flashdit.evaluation import (
+        INCEPTION_DEFAULT,
+        InceptionFeatures,
+        balanced_labels,
+        collect_shards,
+        compute_metrics,
+        sample_shards,
+    )  # fmt: skip
+    from flashdit.utils import load_pipeline
+
+    out = Path(args.out) / name / f"eval_cfg{cfg_scale}_{size}px"
+    result_path = out / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    pipe = load_pipeline(str(Path(args.out) / name / "pipeline"), "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    n = args.num_samples
+    settings = dict(guidance_scale=cfg_scale, num_inference_steps=args.sample_steps, sampler="euler",
+                    timestep_shift=1.0, guidance_interval=[0.0, 1.0], height=size, width=size, num_samples=n,
+                    seed=args.seed, model=name)  # fmt: skip
+    start = time.perf_counter()
+    inception = InceptionFeatures()
+    paths = sample_shards(pipe, out, balanced_labels(n, 10), list(range(n)), settings, 250, 50, inception)
+    images, labels, feats = collect_shards(paths, with_features=True)
+    metrics = compute_metrics(feats, reference(size, args), ["fid", "kid"], kid_subset_size=min(500, n))
+    judge, judge_acc = fashion_mnist_classifier(INCEPTION_DEFAULT.parent / "fashion_mnist_classifier.safetensors")
+    crop = (size - 32) // 2  # the judge sees the central 32x32, where the data put the garment
+    acc = class_accuracy(judge, images[:, crop : crop + 32, crop : crop + 32], labels)
+    result = {"fid": metrics["fid"], "kid": metrics["kid_mean"], "class_accuracy": acc["class_accuracy"],
+              "judge_test_accuracy": judge_acc, "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    result_path.write_text(json.dumps(result))
+    return result
+
+
+def report(results: dict, args) -> Path:
+    """docs/study.md tables (the prose is written by hand around the generated block)."""
+    lines = ["| mixer | train wall time | train img/s | FID cfg 1.0 | FID cfg 1.5 | class acc cfg 1.0 "
+             "| class acc cfg 1.5 |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in results.items():
+        t = r["train"]
+        imgs = t["steps"] * 64 / t["wall_seconds"]
+        e1, e15 = r["eval"]["cfg1.0_32px"], r["eval"]["cfg1.5_32px"]
+        lines.append(f"| {RUNS[name][0]} | {t['wall_seconds'] / 60:.1f} min | {imgs:.0f} | {e1['fid']:.1f} | "
+                     f"{e15['fid']:.1f} | {e1['class_accuracy']:.3f} | {e15['class_accuracy']:.3f} |")  # fmt: skip
+    lines += ["", "| mixer | FID 32px (train) | FID 48px (1.5x) | FID 64px (2x) | class acc 32 | 48 | 64 |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in results.items():
+        e = [r["eval"][f"cfg1.5_{s}px"] for s in SIZES]
+        lines.append(f"| {RUNS[name][0]} | " + " | ".join(f"{x['fid']:.1f}" for x in e) + " | "
+                     + " | ".join(f"{x['class_accuracy']:.3f}" for x in e) + " |")  # fmt: skip
+    table = Path(args.out) / "tables.md"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+def loss_plot(names: list[str], args) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name in names:
+        rows = [json.loads(x) for x in (Path(args.out) / name / "metrics.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in rows]
+        mse = [r["mse"] for r in rows]
+        k = 5  # moving average over log points
+        smooth = [sum(mse[max(0, i - k + 1) : i + 1]) / len(mse[max(0, i - k + 1) : i + 1]) for i in range(len(mse))]
+        ax.plot(steps, smooth, label=RUNS[name][0])
+    ax.set_xlabel("step (batch 64)")
+    ax.set_ylabel("flow-matching MSE (moving average)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = ROOT / "docs" / "images" / "study_loss.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def sample_grids(names: list[str], args) -> list[Path]:
+    from flashdit.training import sample_grid  # noqa: F401  (same fixed-seed grid as training)
+    from flashdit.utils import image_grid, load_pipeline, save_image
+
+    paths = []
+    for size in SIZES:
+        rows = []
+        for name in names:
+            pipe = load_pipeline(str(Path(args.out) / name / "pipeline"), "cpu")
+            pipe.set_progress_bar_config(disable=True)
+            import torch
+
+            gens = [torch.Generator().manual_seed(i) for i in range(10)]
+            rows += pipe(list(range(10)), guidance_scale=1.5, num_inference_steps=args.sample_steps,
+                         height=size, width=size, generator=gens).images  # fmt: skip
+        path = ROOT / "docs" / "images" / f"study_samples_{size}px.png"
+        save_image(image_grid(rows, nrow=10), path)
+        paths.append(path)
+    return paths
+
+
+def main(args) -> None:
+    names = args.only or list(RUNS)
+    results_path = Path(args.out) / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    if not args.report_only:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            print(f"== {name}: train", flush=True)
+            results.setdefault(name, {})["train"] = train_run(name, args)
+        for name in names:
+            for cfg_scale, size in [(1.0, 32), (1.5, 32), (1.5, 48), (1.5, 64)]:
+                print(f"== {name}: cfg {cfg_scale} at {size}px", flush=True)
+                results[name].setdefault("eval", {})[f"cfg{cfg_scale}_{size}px"] = evaluate(
+                    name, cfg_scale, size, args
+                )
+                results_path.write_text(json.dumps(results, indent=1))
+        sample_grids(names, args)
+        loss_plot(names, args)
+    print(report({k: results[k] for k in names if k in results}, args).read_text())
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("--only", nargs="*", choices=list(RUNS), default=None)
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1000, help="samples per FID")
+    p.add_argument("--num-reference", type=int, default=2000, help="real test images per reference")
+    p.add_argument("--sample-steps", type=int, default=20, help="Euler steps")
+    p.add_argument("--report-only", action="store_true")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
