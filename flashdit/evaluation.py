@@ -465,7 +465,16 @@ def main(argv=None) -> None:
     ref.add_argument("--inception-weights", default=None)
     ref.add_argument("--batch-size", type=int, default=64)
     ref.add_argument("--no-features", action="store_true", help="store mu/sigma only (FID); drop KID/PRC features")
+    fid = sub.add_parser("fid", help="FID between two saved references (e.g. real train vs real test: the floor)")
+    fid.add_argument("a")
+    fid.add_argument("b")
     args = p.parse_args(argv)
+    if args.command == "fid":
+        a, b = load_reference(args.a), load_reference(args.b)
+        if a.features is None:
+            raise ValueError(f"{args.a} holds statistics only; FID between references needs features on one side")
+        print(f"FID({args.a}, {args.b}) = {compute_metrics({'pool': a.features.astype(np.float64)}, b)['fid']:.3f}")
+        return
     if args.command == "convert-inception":
         out = convert_fid_helper_inception(args.src, args.out)
         print(f"wrote {out}")

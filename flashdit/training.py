@@ -386,7 +386,8 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
                 with open(output_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps({"step": step, **logs}) + "\n")
             bar.set_postfix(
-                loss=f"{mean_loss:.4f}", gnorm=f"{float(grad_norm):.2f}", img_s=f"{logs['images_per_sec']:.0f}"
+                loss=f"{mean_loss:.4f}", gnorm=f"{float(grad_norm):.2f}", lr=f"{logs['lr']:.2e}",
+                img_s=f"{logs['images_per_sec']:.0f}",
             )
             window_start, window_images = time.perf_counter(), 0
         bar.update()

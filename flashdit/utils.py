@@ -42,7 +42,8 @@ def image_grid(images: Sequence[Image.Image], nrow: int, pad: int = 2, fill: int
         raise ValueError("image_grid needs at least one image")
     w, h = images[0].size
     rows = (len(images) + nrow - 1) // nrow
-    grid = Image.new(images[0].mode, (nrow * (w + pad) + pad, rows * (h + pad) + pad), color=fill)
+    color = fill if len(images[0].getbands()) == 1 else (fill,) * len(images[0].getbands())
+    grid = Image.new(images[0].mode, (nrow * (w + pad) + pad, rows * (h + pad) + pad), color=color)
     for i, img in enumerate(images):
         grid.paste(img, (pad + (i % nrow) * (w + pad), pad + (i // nrow) * (h + pad)))
     return grid
@@ -67,5 +68,5 @@ def load_pipeline(path: str, device: str | torch.device | None = None, dtype: st
             raise FileNotFoundError(f"{path} is not a pipeline directory: it has no model_index.json")
     elif not _HUB_ID.match(path):
         raise FileNotFoundError(f"no pipeline directory at {path}")
-    pipe = FlashDiTPipeline.from_pretrained(path, torch_dtype=DTYPES[dtype])
-    return pipe.to(device or default_device())
+    pipe = FlashDiTPipeline.from_pretrained(path).to(device or default_device())
+    return pipe if dtype == "fp32" else pipe.to(DTYPES[dtype])

@@ -86,7 +86,7 @@ def evaluate(name: str, cfg_scale: float, size: int, args) -> dict:
         return json.loads(result_path.read_text())
     pipe = load_pipeline(str(Path(args.out) / name / "pipeline"), "cpu")
     pipe.set_progress_bar_config(disable=True)
-    n = args.num_samples
+    n = args.num_samples if size == SIZES[0] else args.num_samples_large
     settings = dict(guidance_scale=cfg_scale, num_inference_steps=args.sample_steps, sampler="euler",
                     timestep_shift=1.0, guidance_interval=[0.0, 1.0], height=size, width=size, num_samples=n,
                     seed=args.seed, model=name)  # fmt: skip
@@ -198,11 +198,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/study")
     p.add_argument("--only", nargs="*", choices=list(RUNS), default=None)
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=1000, help="samples per FID")
+    p.add_argument("--num-samples", type=int, default=1000, help="samples per FID at the training size")
+    p.add_argument("--num-samples-large", type=int, default=500, help="samples per FID at 1.5x and 2x")
     p.add_argument("--num-reference", type=int, default=2000, help="real test images per reference")
-    p.add_argument("--sample-steps", type=int, default=20, help="Euler steps")
+    p.add_argument("--sample-steps", type=int, default=16, help="Euler steps")
     p.add_argument("--report-only", action="store_true")
     return p.parse_args(argv)
 
