@@ -179,16 +179,16 @@ def main(args) -> None:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     if not args.report_only:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        for name in names:
+        for name in names:  # train and score one run at a time, so an interrupted study keeps finished rows
             print(f"== {name}: train", flush=True)
             results.setdefault(name, {})["train"] = train_run(name, args)
-        for name in names:
             for cfg_scale, size in [(1.0, 32), (1.5, 32), (1.5, 48), (1.5, 64)]:
                 print(f"== {name}: cfg {cfg_scale} at {size}px", flush=True)
                 results[name].setdefault("eval", {})[f"cfg{cfg_scale}_{size}px"] = evaluate(
                     name, cfg_scale, size, args
                 )
                 results_path.write_text(json.dumps(results, indent=1))
+            report({k: results[k] for k in names if k in results and "eval" in results[k]}, args)
         sample_grids(names, args)
         loss_plot(names, args)
     print(report({k: results[k] for k in names if k in results}, args).read_text())
