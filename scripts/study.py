@@ -6,7 +6,7 @@ set, class accuracy) and at 1.5× and 2× the training grid (images padded as th
 
     python scripts/study.py                         # everything (hours on 2 CPU cores); resumable
     python scripts/study.py --only flashdit attention --steps 300 --num-samples 200   # a smoke run
-    python scripts/study.py --report-only           # rebuild docs/study.md from runs/study/results.json
+    python scripts/study.py --report-only           # rebuild the tables from the finished runs
 
 Each stage is skipped when its output exists, so an interrupted study continues where it stopped.
 """
@@ -104,23 +104,54 @@ def evaluate(name: str, cfg_scale: float, size: int, args) -> dict:
     return result
 
 
+def throughput(args) -> dict:
+    """Training images/s of every run's model, measured side by side (round robin) in one process: the
+    runs' own wall times are not comparable when several study processes share the machine."""
+    path = Path(args.out) / "throughput.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import time_round_robin
+
+    from flashdit.config import load_config
+    from train import make_step
+
+    info, batch = dict(channels=1, size=32, num_classes=10), 64
+    steps = {name: make_step(load_config(ROOT / "configs" / "fashion_mnist.yaml", RUNS[name][1]).model, info,
+                             batch, torch.device("cpu"))[0] for name in RUNS}  # fmt: skip
+    seconds = time_round_robin(steps, repeats=5, min_seconds=3.0)
+    result = {name: {"step_seconds": s, "images_per_second": batch / s} for name, s in seconds.items()}
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def report(results: dict, args) -> Path:
-    """docs/study.md tables (the prose is written by hand around the generated block)."""
-    lines = ["| mixer | train wall time | train img/s | FID cfg 1.0 | FID cfg 1.5 | class acc cfg 1.0 "
-             "| class acc cfg 1.5 |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    """The study's tables (docs/study.md quotes them) as runs/study/tables.md."""
+    speed = json.loads((Path(args.out) / "throughput.json").read_text()) if (
+        Path(args.out) / "throughput.json").is_file() else {}  # fmt: skip
+
+    def fmt(r: dict | None, key: str, spec: str) -> str:
+        return "—" if r is None else format(r[key], spec)
+
+    lines = ["| mixer | train wall time | train img/s (side by side) | FID cfg 1.0 | FID cfg 1.5 | KID cfg 1.5 "
+             "| class acc cfg 1.0 | class acc cfg 1.5 |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in results.items():
-        t = r["train"]
-        imgs = t["steps"] * 64 / t["wall_seconds"]
         e1, e15 = r["eval"]["cfg1.0_32px"], r["eval"]["cfg1.5_32px"]
-        lines.append(f"| {RUNS[name][0]} | {t['wall_seconds'] / 60:.1f} min | {imgs:.0f} | {e1['fid']:.1f} | "
-                     f"{e15['fid']:.1f} | {e1['class_accuracy']:.3f} | {e15['class_accuracy']:.3f} |")  # fmt: skip
-    lines += ["", "| mixer | FID 32px (train) | FID 48px (1.5x) | FID 64px (2x) | class acc 32 | 48 | 64 |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+        ips = f"{speed[name]['images_per_second']:.1f}" if name in speed else "—"
+        lines.append(f"| {RUNS[name][0]} | {r['train']['wall_seconds'] / 60:.1f} min | {ips} | {e1['fid']:.1f} | "
+                     f"{e15['fid']:.1f} | {e15['kid']:.3f} | {e1['class_accuracy']:.3f} | "
+                     f"{e15['class_accuracy']:.3f} |")  # fmt: skip
+    lines += ["", "| mixer | FID 32px (train grid) | FID 48px (1.5x) | FID 64px (2x) | KID 32 | KID 48 | KID 64 "
+              "| class acc 32 | class acc 48 | class acc 64 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in results.items():
-        e = [r["eval"][f"cfg1.5_{s}px"] for s in SIZES]
-        lines.append(f"| {RUNS[name][0]} | " + " | ".join(f"{x['fid']:.1f}" for x in e) + " | "
-                     + " | ".join(f"{x['class_accuracy']:.3f}" for x in e) + " |")  # fmt: skip
+        e = [r["eval"].get(f"cfg1.5_{s}px") for s in SIZES]
+        lines.append(f"| {RUNS[name][0]} | " + " | ".join(fmt(x, "fid", ".1f") for x in e) + " | "
+                     + " | ".join(fmt(x, "kid", ".3f") for x in e) + " | "
+                     + " | ".join(fmt(x, "class_accuracy", ".3f") for x in e) + " |")  # fmt: skip
     table = Path(args.out) / "tables.md"
     table.write_text("\n".join(lines) + "\n")
     return table
@@ -173,25 +204,48 @@ def sample_grids(names: list[str], args) -> list[Path]:
     return paths
 
 
+EVALS = [(1.0, 32), (1.5, 32), (1.5, 48), (1.5, 64)]  # (guidance, pixels)
+
+
+def collect(names: list[str], args) -> dict:
+    """Every finished stage, read back from the runs' own files (so several study processes, each with its
+    own ``--only`` list, can share one ``--out``)."""
+    results = {}
+    for name in names:
+        run = Path(args.out) / name
+        if not (run / "train_time.json").is_file():
+            continue
+        evals = {}
+        for cfg_scale, size in EVALS:
+            path = run / f"eval_cfg{cfg_scale}_{size}px" / "result.json"
+            if path.is_file():
+                evals[f"cfg{cfg_scale}_{size}px"] = json.loads(path.read_text())
+        results[name] = {"train": json.loads((run / "train_time.json").read_text()), "eval": evals}
+    return results
+
+
 def main(args) -> None:
     names = args.only or list(RUNS)
-    results_path = Path(args.out) / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     if not args.report_only:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         for name in names:  # train and score one run at a time, so an interrupted study keeps finished rows
             print(f"== {name}: train", flush=True)
-            results.setdefault(name, {})["train"] = train_run(name, args)
-            for cfg_scale, size in [(1.0, 32), (1.5, 32), (1.5, 48), (1.5, 64)]:
+            train_run(name, args)
+            for cfg_scale, size in EVALS:
+                if size != SIZES[0] and args.large_for is not None and name not in args.large_for:
+                    continue
                 print(f"== {name}: cfg {cfg_scale} at {size}px", flush=True)
-                results[name].setdefault("eval", {})[f"cfg{cfg_scale}_{size}px"] = evaluate(
-                    name, cfg_scale, size, args
-                )
-                results_path.write_text(json.dumps(results, indent=1))
-            report({k: results[k] for k in names if k in results and "eval" in results[k]}, args)
-        sample_grids(names, args)
-        loss_plot(names, args)
-    print(report({k: results[k] for k in names if k in results}, args).read_text())
+                evaluate(name, cfg_scale, size, args)
+    if not args.no_figures:
+        finished = [n for n in RUNS if (Path(args.out) / n / "pipeline").is_dir()]
+        sample_grids(finished, args)
+        loss_plot(finished, args)
+    if args.throughput:
+        throughput(args)
+    results = collect(list(RUNS), args)
+    done = {k: v for k, v in results.items() if "cfg1.0_32px" in v["eval"] and "cfg1.5_32px" in v["eval"]}
+    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))
+    print(report(done, args).read_text())
 
 
 def parse_args(argv=None):
@@ -204,7 +258,16 @@ def parse_args(argv=None):
     p.add_argument("--num-samples-large", type=int, default=500, help="samples per FID at 1.5x and 2x")
     p.add_argument("--num-reference", type=int, default=2000, help="real test images per reference")
     p.add_argument("--sample-steps", type=int, default=16, help="Euler steps")
-    p.add_argument("--report-only", action="store_true")
+    p.add_argument(
+        "--large-for",
+        nargs="*",
+        choices=list(RUNS),
+        default=None,
+        help="runs scored at 1.5x and 2x the training grid (default: all)",
+    )
+    p.add_argument("--report-only", action="store_true", help="no training or sampling: tables and figures only")
+    p.add_argument("--throughput", action="store_true", help="measure every model's training images/s side by side")
+    p.add_argument("--no-figures", action="store_true", help="skip the sample grids and the loss plot")
     return p.parse_args(argv)
 
 
