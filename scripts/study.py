@@ -235,13 +235,11 @@ def report(results: dict, args) -> Path:
     val = {n: json.loads((Path(args.out) / n / "val_loss.json").read_text()) for n in results
            if (Path(args.out) / n / "val_loss.json").is_file()}  # fmt: skip
     if val:
-        lines += [
-            "",
-            "| mixer | held-out MSE 32px (train grid) | held-out MSE 64px (2x) | 64px / 32px |",
-            "|---|---|---|---|",
-        ]
+        lines += ["", "| mixer | held-out MSE 32px (train grid) | 64px (2x), central 32x32 | 64px / 32px "
+                  "| 64px, added border |", "|---|---|---|---|---|"]  # fmt: skip
         for name, v in val.items():
-            lines.append(f"| {RUNS[name][0]} | {v['32px']:.4f} | {v['64px']:.4f} | {v['64px'] / v['32px']:.2f} |")
+            lines.append(f"| {RUNS[name][0]} | {v['32px']:.4f} | {v['64px']:.4f} | {v['64px'] / v['32px']:.2f} "
+                         f"| {v['64px_border']:.4f} |")  # fmt: skip
     table = Path(args.out) / "tables.md"
     table.write_text("\n".join(lines) + "\n")
     return table
