@@ -4,8 +4,8 @@ Trains the paper's ablation rows as mixers of one model (Fashion-MNIST, pixel sp
 same size, steps, seed and optimiser), then scores each at cfg 1.0 and 1.5 (FID against the real test
 set, class accuracy) and at 1.5× and 2× the training grid (images padded as the data are).
 
-    python scripts/study.py                         # everything (hours on 2 CPU cores); resumable
-    python scripts/study.py --only flashdit attention --steps 300 --num-samples 200   # a smoke run
+    python scripts/study.py                         # everything (about 2.5 h on 2 CPU cores); resumable
+    python scripts/study.py --only flashdit attention --steps 50 --num-samples 100 --num-samples-large 50  # smoke
     python scripts/study.py --report-only           # rebuild the tables from the finished runs
 
 Each stage is skipped when its output exists, so an interrupted study continues where it stopped.
@@ -349,11 +349,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/study")
     p.add_argument("--only", nargs="*", choices=list(RUNS), default=None)
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=1000, help="samples per FID at the training size")
-    p.add_argument("--num-samples-large", type=int, default=500, help="samples per FID at 1.5x and 2x")
-    p.add_argument("--num-reference", type=int, default=2000, help="real test images per reference")
+    p.add_argument("--num-samples", type=int, default=500, help="samples per FID at the training size")
+    p.add_argument("--num-samples-large", type=int, default=300, help="samples per FID at 1.5x and 2x")
+    p.add_argument("--num-reference", type=int, default=1000, help="real test images per reference")
     p.add_argument("--sample-steps", type=int, default=16, help="Euler steps")
     p.add_argument(
         "--large-for",
