@@ -53,7 +53,7 @@ def train_run(name: str, args) -> dict:
     train(cfg, resume=True)
     info = {"wall_seconds": round(time.perf_counter() - start, 1), "steps": args.steps}
     if (out / "checkpoints").is_dir() and not record.is_file():
-        record.write_text(json.dumps(info))
+        write_json(record, info)
     return info
 
 
@@ -68,16 +68,31 @@ def reference(size: int, args):
     return ref
 
 
-def evaluate(name: str, cfg_scale: float, size: int, args) -> dict:
+def write_json(path: Path, data: dict) -> None:
+    from flashdit.utils import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
+
+
+def score(images, labels, features: dict, size: int, args) -> dict:
+    """FID and KID against the real test set at ``size``, and the judge's class accuracy, which it reads on
+    the central 32x32 crop, where the data put the garment."""
     from flashdit.classifier import class_accuracy, fashion_mnist_classifier
-    from flashdit.evaluation import (
-        INCEPTION_DEFAULT,
-        InceptionFeatures,
-        balanced_labels,
-        collect_shards,
-        compute_metrics,
-        sample_shards,
-    )  # fmt: skip
+    from flashdit.evaluation import INCEPTION_DEFAULT, compute_metrics
+
+    n = len(images)
+    metrics = compute_metrics(features, reference(size, args), ["fid", "kid"], kid_subset_size=min(500, n))
+    judge, judge_acc = fashion_mnist_classifier(INCEPTION_DEFAULT.parent / "fashion_mnist_classifier.safetensors")
+    crop = (size - SIZES[0]) // 2
+    acc = class_accuracy(judge, images[:, crop : crop + SIZES[0], crop : crop + SIZES[0]], labels)
+    return {"fid": metrics["fid"], "kid": metrics["kid_mean"], "class_accuracy": acc["class_accuracy"],
+            "judge_test_accuracy": judge_acc}  # fmt: skip
+
+
+def evaluate(name: str, cfg_scale: float, size: int, args) -> dict:
+    from flashdit.evaluation import InceptionFeatures, balanced_labels, collect_shards, sample_shards
     from flashdit.utils import load_pipeline
 
     out = Path(args.out) / name / f"eval_cfg{cfg_scale}_{size}px"
@@ -94,13 +109,8 @@ def evaluate(name: str, cfg_scale: float, size: int, args) -> dict:
     inception = InceptionFeatures()
     paths = sample_shards(pipe, out, balanced_labels(n, 10), list(range(n)), settings, 250, 50, inception)
     images, labels, feats = collect_shards(paths, with_features=True)
-    metrics = compute_metrics(feats, reference(size, args), ["fid", "kid"], kid_subset_size=min(500, n))
-    judge, judge_acc = fashion_mnist_classifier(INCEPTION_DEFAULT.parent / "fashion_mnist_classifier.safetensors")
-    crop = (size - 32) // 2  # the judge sees the central 32x32, where the data put the garment
-    acc = class_accuracy(judge, images[:, crop : crop + 32, crop : crop + 32], labels)
-    result = {"fid": metrics["fid"], "kid": metrics["kid_mean"], "class_accuracy": acc["class_accuracy"],
-              "judge_test_accuracy": judge_acc, "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-    result_path.write_text(json.dumps(result))
+    result = score(images, labels, feats, size, args) | {"seconds": round(time.perf_counter() - start, 1)}
+    write_json(result_path, result)
     return result
 
 
@@ -142,16 +152,15 @@ def val_loss(name: str, args, num_images: int = 200, times=(0.1, 0.3, 0.5, 0.7, 
         result[f"{size}px"] = sum(inner) / len(inner)
         if outer:
             result[f"{size}px_border"] = sum(outer) / len(outer)
-    path.write_text(json.dumps(result))
+    write_json(path, result)
     return result
 
 
 def real_floor(args) -> dict:
     """The same metrics for real training images (the first N, padded like the samples): the floor a
     perfect model would reach with these sample counts."""
-    from flashdit.classifier import class_accuracy, fashion_mnist_classifier
     from flashdit.data import load_idx_split
-    from flashdit.evaluation import INCEPTION_DEFAULT, InceptionFeatures, compute_metrics, load_images
+    from flashdit.evaluation import InceptionFeatures, load_images
 
     out = {}
     for size in SIZES:
@@ -160,17 +169,7 @@ def real_floor(args) -> dict:
             n = args.num_samples if size == SIZES[0] else args.num_samples_large
             images = load_images(f"fashion-mnist:train:{size}", limit=n)
             labels = load_idx_split(None, "train")[1][:n]
-            metrics = compute_metrics(InceptionFeatures()(images), reference(size, args), ["fid", "kid"],
-                                      kid_subset_size=min(500, n))  # fmt: skip
-            judge, judge_acc = fashion_mnist_classifier(
-                INCEPTION_DEFAULT.parent / "fashion_mnist_classifier.safetensors"
-            )
-            crop = (size - 32) // 2
-            acc = class_accuracy(judge, images[:, crop : crop + 32, crop : crop + 32], labels)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            result = {"fid": metrics["fid"], "kid": metrics["kid_mean"], "num_images": n,
-                      "class_accuracy": acc["class_accuracy"], "judge_test_accuracy": judge_acc}  # fmt: skip
-            path.write_text(json.dumps(result))
+            write_json(path, score(images, labels, InceptionFeatures()(images), size, args) | {"num_images": n})
         out[size] = json.loads(path.read_text())
     return out
 
@@ -194,7 +193,7 @@ def throughput(args) -> dict:
                              batch, torch.device("cpu"))[0] for name in RUNS}  # fmt: skip
     seconds = time_round_robin(steps, repeats=5, min_seconds=3.0)
     result = {name: {"step_seconds": s, "images_per_second": batch / s} for name, s in seconds.items()}
-    path.write_text(json.dumps(result, indent=1))
+    write_json(path, result)
     return result
 
 
@@ -203,9 +202,13 @@ def report(results: dict, args) -> Path:
     speed = json.loads((Path(args.out) / "throughput.json").read_text()) if (
         Path(args.out) / "throughput.json").is_file() else {}  # fmt: skip
 
-    def fmt(r: dict | None, key: str, spec: str) -> str:
-        # KID is unbiased, so real-vs-real lands a hair either side of 0: print that as 0
-        return "—" if r is None else format(r[key] + 0.0 if abs(r[key]) >= 5e-4 else 0.0, spec)
+    def sizes_row(label: str, evals: list[dict | None]) -> str:
+        def cells(key: str, spec: str) -> list[str]:
+            # KID is unbiased, so real-vs-real lands a hair either side of 0: print that as 0
+            return ["—" if r is None else format(r[key] if abs(r[key]) >= 5e-4 else 0.0, spec) for r in evals]
+
+        return f"| {label} | " + " | ".join(cells("fid", ".1f") + cells("kid", ".3f") +
+                                            cells("class_accuracy", ".3f")) + " |"  # fmt: skip
 
     lines = ["| mixer | train img/s | 600 steps take | FID cfg 1.0 | FID cfg 1.5 | KID cfg 1.5 "
              "| class acc cfg 1.0 | class acc cfg 1.5 |",
@@ -222,16 +225,10 @@ def report(results: dict, args) -> Path:
               "| class acc 32 | class acc 48 | class acc 64 |",
               "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in results.items():
-        e = [r["eval"].get(f"cfg1.5_{s}px") for s in SIZES]
-        lines.append(f"| {RUNS[name][0]} | " + " | ".join(fmt(x, "fid", ".1f") for x in e) + " | "
-                     + " | ".join(fmt(x, "kid", ".3f") for x in e) + " | "
-                     + " | ".join(fmt(x, "class_accuracy", ".3f") for x in e) + " |")  # fmt: skip
+        lines.append(sizes_row(RUNS[name][0], [r["eval"].get(f"cfg1.5_{s}px") for s in SIZES]))
     real = [Path(args.out) / "real" / f"eval_cfg1.5_{s}px" / "result.json" for s in SIZES]
     if all(p.is_file() for p in real):
-        e = [json.loads(p.read_text()) for p in real]
-        lines.append("| real training images (the floor) | " + " | ".join(fmt(x, "fid", ".1f") for x in e) + " | "
-                     + " | ".join(fmt(x, "kid", ".3f") for x in e) + " | "
-                     + " | ".join(fmt(x, "class_accuracy", ".3f") for x in e) + " |")  # fmt: skip
+        lines.append(sizes_row("real training images (the floor)", [json.loads(p.read_text()) for p in real]))
     val = {n: json.loads((Path(args.out) / n / "val_loss.json").read_text()) for n in results
            if (Path(args.out) / n / "val_loss.json").is_file()}  # fmt: skip
     if val:
@@ -327,8 +324,8 @@ def main(args) -> None:
                     continue
                 print(f"== {name}: cfg {cfg_scale} at {size}px", flush=True)
                 evaluate(name, cfg_scale, size, args)
+    finished = [n for n in RUNS if (Path(args.out) / n / "pipeline").is_dir()]
     if not args.no_figures:
-        finished = [n for n in RUNS if (Path(args.out) / n / "pipeline").is_dir()]
         sample_grids(finished, args)
         loss_plot(finished, args)
     if args.throughput:
@@ -336,12 +333,10 @@ def main(args) -> None:
     if args.real:
         real_floor(args)
     if args.val_loss:
-        for name in RUNS:
-            if (Path(args.out) / name / "pipeline").is_dir():
-                val_loss(name, args)
+        for name in finished:
+            val_loss(name, args)
     results = collect(list(RUNS), args)
     done = {k: v for k, v in results.items() if "cfg1.0_32px" in v["eval"] and "cfg1.5_32px" in v["eval"]}
-    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))
     print(report(done, args).read_text())
 
 
