@@ -34,6 +34,7 @@ class ModelConfig:
     kernel_size: int | None = 3
     pos_embed: Literal["none", "sincos", "rope", "sincos+rope"] = "none"
     qk_norm: bool = False
+    conv_init: Literal["pytorch", "xavier"] = "pytorch"
 
 
 @dataclass
@@ -41,7 +42,7 @@ class FlowConfig:
     t_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
     t_mean: float = 0.0
     t_std: float = 1.0
-    cosine_weight: float = 1.0
+    cosine_weight: float = 1.0  # LightningDiT's; must be 0 for 1-channel data (the cosine over channels is inert)
 
 
 @dataclass

@@ -55,11 +55,17 @@ def flow_loss(
     v_pred: torch.Tensor, v_target: torch.Tensor, cosine_weight: float = 0.0
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-sample loss ``MSE + cosine_weight · (1 - cos(v̂, v))``, the cosine taken over channels at
-    each position and averaged (LightningDiT uses weight 1).
+    each position and averaged (LightningDiT uses weight 1). It needs more than one channel: on a
+    single channel the cosine is the sign of the velocity, with zero gradient, so a weight there is an error.
 
     Returns:
         ``(loss (B,), {"mse": (B,), "cos": (B,)})``; the training step takes ``loss.mean()``.
     """
+    if cosine_weight and v_pred.shape[1] == 1:
+        raise ValueError(
+            f"cosine_weight={cosine_weight} on a 1-channel target: the cosine over channels of one channel is only "
+            "the sign of v, whose gradient is zero; set flow.cosine_weight=0 for single-channel (grey) data"
+        )
     dims = tuple(range(1, v_pred.ndim))
     mse = (v_pred.float() - v_target.float()).square().mean(dim=dims)
     terms = {"mse": mse}

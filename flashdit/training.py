@@ -93,7 +93,8 @@ def build_model(cfg: ModelConfig, info: dict) -> FlashDiTTransformer2DModel:
                 f"remove model.{key} to take it from the data"
             )
         kwargs[key] = info[data_key]
-    for key in ("mlp_ratio", "class_dropout_prob", "mixer", "window_size", "kernel_size", "pos_embed", "qk_norm"):
+    for key in ("mlp_ratio", "class_dropout_prob", "mixer", "window_size", "kernel_size", "pos_embed", "qk_norm",
+                "conv_init"):
         kwargs[key] = getattr(cfg, key)
     return FlashDiTTransformer2DModel(**kwargs)
 
@@ -116,6 +117,32 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return 1.0
+
+
+def make_train_step(cfg: ExperimentConfig, info: dict, device: torch.device, seed: int = 0):
+    """One full optimizer step of ``cfg`` on a fixed random batch, as a closure, for benchmarks and cost
+    measurements: t and noise, forward, flow loss, backward, clipping, AdamW, EMA update."""
+    t = cfg.train
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, info).to(device).train()
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    x1 = torch.randn(t.global_batch_size, info["channels"], info["size"], info["size"], device=device)
+    y = torch.randint(0, info["num_classes"], (t.global_batch_size,), device=device)
+
+    def step():
+        x0 = torch.randn_like(x1)
+        tt = flow.sample_t(x1.shape[0], cfg.flow.t_sampling, cfg.flow.t_mean, cfg.flow.t_std, device)
+        v = model(flow.interpolate(x1, x0, tt), tt, y).sample
+        loss, _ = flow.flow_loss(v, flow.velocity_target(x1, x0), cfg.flow.cosine_weight)
+        loss.mean().backward()
+        if t.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema_update(ema, model, t.ema_decay)
+
+    return step
 
 
 # --------------------------------------------------------------------------------------------

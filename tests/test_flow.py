@@ -172,3 +172,17 @@ def test_samplers_reproduce_gaussian_mixture_moments(sampler, steps, tol):
     nearest = torch.cdist(out, gmm.mu).argmin(1)
     frac = torch.bincount(nearest, minlength=3).double() / len(out)
     torch.testing.assert_close(frac, gmm.pi, atol=0.03, rtol=0)
+
+
+def test_cosine_term_on_one_channel_is_refused():
+    # over one channel the cosine is sign(p)·sign(q): a constant almost everywhere, so zero gradient
+    p = torch.randn(2, 1, 4, 4, requires_grad=True)
+    q = torch.randn(2, 1, 4, 4)
+    cos = 1 - torch.nn.functional.cosine_similarity(p, q, dim=1)
+    cos.sum().backward()
+    assert p.grad.abs().max() < 1e-6
+    with pytest.raises(ValueError, match="cosine_weight=1.0 on a 1-channel target"):
+        flow.flow_loss(p, q, cosine_weight=1.0)
+    loss, terms = flow.flow_loss(p, q, cosine_weight=0.0)
+    torch.testing.assert_close(loss, ((p - q) ** 2).flatten(1).mean(1))
+    assert "cos" not in terms

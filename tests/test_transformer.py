@@ -278,3 +278,20 @@ def test_residual_stream_stays_dense_channels_last(mixer, pos_embed):
     model(*inputs(H=8, W=12)).sample.sum().backward()
     assert len(seen) == 2
     assert all(a.is_contiguous() and o.is_contiguous() and o.shape == (2, 4, 6, 32) for a, o in seen)
+
+
+def test_conv_init_xavier_matches_the_official_bound():
+    kw = dict(sample_size=8, patch_size=1, in_channels=4, hidden_size=64, depth=2, num_heads=2)
+    torch.manual_seed(0)
+    xavier = FlashDiTTransformer2DModel(**kw, conv_init="xavier")
+    torch.manual_seed(0)
+    default = FlashDiTTransformer2DModel(**kw)
+    for block_x, block_d in zip(xavier.blocks, default.blocks):
+        wx, wd = block_x.mixer.conv.conv.weight, block_d.mixer.conv.conv.weight
+        # Xavier-uniform on (C, 1, K, K): fan_in = K², fan_out = C·K²; PyTorch's default: bound 1/sqrt(K²)
+        bound = (6 / (9 + 64 * 9)) ** 0.5
+        assert wx.abs().max() <= bound and wx.abs().max() > 0.9 * bound
+        assert wd.abs().max() > 0.9 / 3 and wd.abs().max() <= 1 / 3
+        assert torch.count_nonzero(block_x.mixer.conv.conv.bias) == 0
+    with pytest.raises(ValueError, match="conv_init"):
+        FlashDiTTransformer2DModel(**kw, conv_init="kaiming")

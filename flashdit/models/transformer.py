@@ -20,6 +20,7 @@ from .norms import RMSNorm
 
 MIXERS = ("iwin", "window", "attention", "conv")
 MODULATIONS = ("adaln-zero", "flashdit-official")
+CONV_INITS = ("pytorch", "xavier")
 POS_EMBEDS = ("none", "sincos", "rope", "sincos+rope")
 
 # LightningDiT's sizes (depth, width, heads) at patch 1 and 2; "FlashDiT-XL/1" is the paper's model.
@@ -141,6 +142,9 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin):
         qkv_bias: bias on the qkv projection.
         modulation: ``"adaln-zero"`` (default) or ``"flashdit-official"``, the official FlashDiT release's seven-way
             modulation with separately gated attention and convolution (see :class:`FlashDiTBlock`).
+        conv_init: depthwise-conv weights: ``"pytorch"`` (PyTorch's default Kaiming-uniform, bias uniform) or
+            ``"xavier"`` (Xavier-uniform, zero bias, as the official FlashDiT release; about 4.6x smaller at
+            width 128, so the convolution no longer dominates the attention branch at init).
     """
 
     _supports_gradient_checkpointing = True
@@ -166,6 +170,7 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin):
         qk_norm: bool = False,
         qkv_bias: bool = True,
         modulation: str = "adaln-zero",
+        conv_init: str = "pytorch",
     ):
         super().__init__()
         if mixer not in MIXERS:
@@ -183,6 +188,8 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         if modulation not in MODULATIONS:
             raise ValueError(f"modulation must be one of {MODULATIONS}, got {modulation!r}")
+        if conv_init not in CONV_INITS:
+            raise ValueError(f"conv_init must be one of {CONV_INITS}, got {conv_init!r}")
         if modulation == "flashdit-official" and (mixer == "conv" or kernel_size is None):
             raise ValueError(
                 'modulation="flashdit-official" gates attention and convolution apart: it needs both branches'
@@ -241,6 +248,12 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin):
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
+        # depthwise convs: PyTorch's default (set at construction) or Xavier-uniform with zero bias (official release)
+        if self.config.conv_init == "xavier":
+            for block in self.blocks:
+                if block.mixer.conv is not None:
+                    nn.init.xavier_uniform_(block.mixer.conv.conv.weight)
+                    nn.init.zeros_(block.mixer.conv.conv.bias)
         # label table and timestep MLP: N(0, 0.02)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
