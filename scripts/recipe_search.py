@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -89,7 +88,8 @@ def model_key(overrides: dict) -> str:
     o = {**BASE, **overrides}
     if o["model.mixer"] == "attention":
         return f"attention-w{o['model.hidden_size']}-d{o['model.depth']}-bs{o['train.global_batch_size']}"
-    return f"iwin-w{o['model.hidden_size']}-d{o['model.depth']}-win{o['model.window_size']}-bs{o['train.global_batch_size']}"
+    size = f"w{o['model.hidden_size']}-d{o['model.depth']}"
+    return f"iwin-{size}-win{o['model.window_size']}-bs{o['train.global_batch_size']}"
 
 
 def cost_keys() -> dict[str, dict]:
@@ -239,7 +239,8 @@ def score(run_dir: Path, settings: list[dict], n: int, args) -> list[dict]:
                 f.write(json.dumps(row) + "\n")
             done[row["key"]] = row
             if n == args.confirm_samples:
-                np.savez_compressed(run_dir / "confirm_samples.npz", images=images[:200], labels=np.asarray(labels[:200]))
+                grid = dict(images=images[:200], labels=np.asarray(labels[:200]))
+                np.savez_compressed(run_dir / "confirm_samples.npz", **grid)
     return [done[setting_key(s, n)] for s in settings]
 
 
@@ -374,7 +375,7 @@ def search(args) -> None:
     print(f"combination: {chosen}", flush=True)
 
     print("round 2: full budget and long recipes", flush=True)
-    specs = full_specs(combo, cost, scale)
+    specs = full_specs(combo, cost, args.scale)
     run_all(specs, args)
 
     print("round 3: samplers for the best full run", flush=True)
@@ -406,8 +407,8 @@ def fmt_overrides(overrides: dict) -> str:
 
 def report(args) -> Path:
     out = Path(args.out)
-    lines = ["# Recipe search: results", "", "Written by `python scripts/recipe_search.py report` from "
-             f"`{out}`; FID-500 / FID-2k against 2,000 real test images, class accuracy by the judge CNN.", ""]  # fmt: skip
+    lines = ["# Recipe search: results", "", f"Written by `python scripts/recipe_search.py report` from `{out}`; "
+             "FID-500 / FID-2k against 2,000 real test images, class accuracy by the judge CNN.", ""]  # fmt: skip
     runs = sorted(p.parent for p in out.glob("*/spec.json"))
     rows = []
     for run_dir in runs:
