@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -103,12 +104,19 @@ def cost_keys() -> dict[str, dict]:
     return out
 
 
+def cost_seconds(cost: dict, key: str) -> float:
+    """Seconds per step on an idle machine: the ratio to the old default measured side by side (steal time on
+    a shared VM slows both alike) times the old default's median over all measurements."""
+    anchor = statistics.median(c["step_seconds"] / c["vs_old_default"] for c in cost.values())
+    return round(cost[key]["vs_old_default"] * anchor, 4)
+
+
 def make_spec(name: str, round_: str, overrides: dict, cost: dict, scale: float = 1.0) -> dict:
     key = model_key(overrides)
     if key not in cost:
         raise SystemExit(f"no CPU cost for {key}: run `python scripts/recipe_search.py cost` on the CPU machine")
     budget = BUDGET_MINUTES[round_] * scale
-    step_s = cost[key]["step_seconds"]
+    step_s = cost_seconds(cost, key)
     steps = max(1, int((budget - RESERVE_MINUTES[round_] * scale) * 60 / step_s))
     return {"name": name, "round": round_, "overrides": overrides, "steps": steps, "cpu_step_seconds": step_s,
             "cpu_minutes": round(steps * step_s / 60, 1), "budget_minutes": budget}  # fmt: skip
