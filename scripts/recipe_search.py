@@ -70,8 +70,19 @@ GROUPS = {
 }
 BATCHES = (32, 64, 128)
 ATTENTION = {"model.mixer": "attention", "model.kernel_size": None, "model.pos_embed": "sincos"}
-BUDGET_MINUTES = {"proxy": 10.0, "full": 30.0, "long": 120.0}
-RESERVE_MINUTES = {"proxy": 0.0, "full": 2.0, "long": 3.0}  # start-up, sample grids and export inside the budget
+# The plan for a 2-core CPU alone (the whole grid above needs a GPU or many CPU hours): three proxies run side
+# by side on the levers the grid's probes point at (window 8, depth vs width at the cheaper batch of 32, the
+# official DWConv init), then the winner trains at full length as the quickstart (configs/fashion_mnist.yaml).
+CPU_PROXIES = {
+    "cpu-w128-d4-win8-bs32": {"model.window_size": 8, "train.global_batch_size": 32},
+    "cpu-w96-d8-win8-bs32": {"model.hidden_size": 96, "model.depth": 8, "model.window_size": 8,
+                             "train.global_batch_size": 32},
+    "cpu-w128-d4-win8-bs32-xavier": {"model.window_size": 8, "train.global_batch_size": 32,
+                                     "model.conv_init": "xavier"},
+}  # fmt: skip
+BUDGET_MINUTES = {"proxy": 10.0, "cpu-proxy": 4.0, "full": 30.0, "long": 120.0}
+# start-up, sample grids and export inside the budget
+RESERVE_MINUTES = {"proxy": 0.0, "cpu-proxy": 0.0, "full": 2.0, "long": 3.0}
 
 PROXY_SWEEP = [dict(guidance_scale=g, sampler="euler", num_inference_steps=32) for g in (1.5, 3.0)]
 GUIDANCE_SWEEP = [dict(guidance_scale=g, sampler="heun", num_inference_steps=32) for g in (1.0, 1.5, 2.0, 2.5, 3.0,
@@ -194,7 +205,7 @@ def inception(args):
     if _INCEPTION is None:
         from flashdit.evaluation import InceptionFeatures
 
-        _INCEPTION = InceptionFeatures(args.inception_weights, device=args.device, batch_size=250)
+        _INCEPTION = InceptionFeatures(args.inception_weights, device=args.device, batch_size=64)
     return _INCEPTION
 
 
@@ -267,7 +278,8 @@ def worker(args) -> None:
         start = time.perf_counter()
         train(config_for(spec, Path(args.out), args.data), resume=True)
         write_json(run_dir / "train_time.json", {"device": args.device, "seconds": round(time.perf_counter() - start)})
-    score(run_dir, PROXY_SWEEP if spec["round"] == "proxy" else GUIDANCE_SWEEP, args.num_samples, args)
+    sweep = PROXY_SWEEP if spec["round"] in ("proxy", "cpu-proxy") else GUIDANCE_SWEEP
+    score(run_dir, sweep, args.num_samples, args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,6 +387,11 @@ def search(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cost = json.loads(Path(args.cost).read_text())["steps"]
     reference(args)  # once, before the workers need it
+    if args.plan == "cpu":
+        run_all([make_spec(name, "cpu-proxy", o, cost, args.scale) for name, o in CPU_PROXIES.items()], args)
+        ranked = sorted(CPU_PROXIES, key=lambda name: best(out / name)["fid"])
+        print(f"ranked by FID-{args.num_samples}: {ranked}", flush=True)
+        return
 
     print("round 1: proxies", flush=True)
     run_all(proxy_specs(cost, args.scale), args)
@@ -428,7 +445,7 @@ def report(args) -> Path:
         t = json.loads((run_dir / "train_time.json").read_text()) if (run_dir / "train_time.json").is_file() else {}
         rows.append((spec["round"], spec["name"], fmt_overrides(spec["overrides"]), spec["steps"], spec["cpu_minutes"],
                      t.get("seconds"), b))  # fmt: skip
-    order = {"proxy": 0, "full": 1, "long": 2}
+    order = {"cpu-proxy": 0, "proxy": 1, "full": 2, "long": 3}
     lines += ["| round | run | changes from the old default | steps | CPU min | device s | best guidance | "
               "FID-500 | KID | class acc |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in sorted(rows, key=lambda r: (order[r[0]], r[6]["fid"])):
@@ -473,6 +490,7 @@ def parse_args(argv=None):
     p.add_argument("--report", default=str(ROOT / "docs" / "recipe_search_results.md"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="runs trained at once (search)")
+    p.add_argument("--plan", choices=["grid", "cpu"], default="grid", help="(search) the grid, or the 2-core plan")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per run (cost: the budget's cores)")
     p.add_argument("--data", default=None, help="Fashion-MNIST IDX directory (default: Debian's)")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "flashdit"), help="where the judge CNN is cached")
