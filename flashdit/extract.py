@@ -28,8 +28,19 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .cli import run
 from .data import FASHION_MNIST_CLASSES, IDX_FILES, _find, load_idx_split
 from .utils import atomic_path
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer greyscale (e.g. 16-bit PNGs, mode ``I;16`` or ``I``) scaled to 8 bits;
+    PIL's own conversion to ``L``/``RGB`` would clip them to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        arr = np.asarray(image, dtype=np.float64)
+        top = 255.0 if arr.max() <= 255 else 65535.0
+        return Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
+    return image
 
 
 def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
@@ -87,8 +98,12 @@ class ImageSource:
             canvas[top : top + h, left : left + w] = arr
             arr = canvas[..., None].repeat(self.channels, axis=-1)
         else:
-            with Image.open(self.files[i]) as img:
-                arr = center_crop_arr(img.convert("RGB" if self.channels == 3 else "L"), self.resolution)
+            try:
+                with Image.open(self.files[i]) as img:
+                    img = to_8bit(img)
+                    arr = center_crop_arr(img.convert("RGB" if self.channels == 3 else "L"), self.resolution)
+            except OSError as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+                raise ValueError(f"cannot read image {self.files[i]}: {err}") from None
             arr = arr.reshape(self.resolution, self.resolution, -1)
         return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(127.5).sub(1)
 
@@ -130,6 +145,24 @@ def compute_stats(out: Path, shards: list[str], num_samples: int, seed: int) -> 
     return z.mean(dim=(0, 2, 3)).float(), z.std(dim=(0, 2, 3)).float()
 
 
+def check_settings(out: Path, settings: dict) -> None:
+    """Record what the shards in ``out`` depend on; a rerun with other settings is refused, so finished
+    shards are only ever reused by the run that made them."""
+    path = out / "extract_settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"--out {out} holds shards made with other settings ({what}); use another --out")
+        return
+    if out.is_dir() and any(out.glob("shard_*.safetensors")):
+        raise ValueError(f"--out {out} holds shards of unknown settings (no extract_settings.json); use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=1))
+
+
 def main(args: argparse.Namespace) -> Path:
     state = PartialState()
     out = Path(args.out)
@@ -142,7 +175,11 @@ def main(args: argparse.Namespace) -> Path:
     mine = [k for k in range(num_shards) if k % state.num_processes == state.process_index]
     todo = [k for k in mine if not (out / names[k]).is_file()]
     if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+        check_settings(out, dict(
+            source=str(src.root.resolve()), split=args.split, vae=args.vae, vae_subfolder=args.vae_subfolder,
+            resolution=args.resolution, shard_size=S, sample_posterior=args.sample_posterior, channels=channels,
+            seed=args.seed, num_images=n,
+        ))  # fmt: skip
     state.wait_for_everyone()
     skipped = len(mine) - len(todo)
     bar = tqdm(total=sum(min(S, n - k * S) for k in todo), unit="img", desc=f"encode [rank {state.process_index}]",
@@ -211,4 +248,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args())

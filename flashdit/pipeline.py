@@ -4,6 +4,7 @@ a diffusers ``AutoencoderKL`` or directly in pixel space, at any resolution the 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
@@ -14,6 +15,8 @@ from diffusers.image_processor import VaeImageProcessor
 
 from . import flow
 from .models.transformer import FlashDiTTransformer2DModel
+
+MAX_SIDE = 16384  # pixels per side: larger requests fail fast instead of trying to allocate the noise
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,23 @@ class SamplingDefaults:
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     timestep_shift: float = 1.0
     cfg_channels: int | None = None
+
+    def __post_init__(self):
+        def finite(name, value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name}={value!r} must be a finite number")
+
+        finite("guidance_scale", self.guidance_scale)
+        finite("timestep_shift", self.timestep_shift)
+        if self.timestep_shift <= 0:
+            raise ValueError(f"timestep_shift={self.timestep_shift} must be positive")
+        n = self.num_inference_steps
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_inference_steps={n!r} must be an integer at least 1")
+        if len(self.guidance_interval) != 2:
+            raise ValueError(f"guidance_interval={self.guidance_interval!r} must be (low, high)")
+        for value in self.guidance_interval:
+            finite("guidance_interval", value)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> SamplingDefaults:
@@ -198,13 +218,16 @@ class FlashDiTPipeline(DiffusionPipeline):
     def _resolve_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         factor = self.vae_scale_factor * self.transformer.config.patch_size
         default = self.transformer.config.sample_size * self.vae_scale_factor
-        height, width = height or default, width or default
+        height = default if height is None else height
+        width = default if width is None else width
         for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value <= 0 or value % factor:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
                 raise ValueError(
                     f"{name}={value} must be a positive multiple of {factor} "
                     f"(VAE factor {self.vae_scale_factor} x patch size {self.transformer.config.patch_size})"
                 )
+            if value > MAX_SIDE:
+                raise ValueError(f"{name}={value} is larger than the largest supported side, {MAX_SIDE} pixels")
         return height, width
 
     @torch.no_grad()
@@ -275,6 +298,8 @@ class FlashDiTPipeline(DiffusionPipeline):
             latents = flow.per_sample_noise(torch.empty(shape, device=device), generator)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape} for these labels and size, got {tuple(latents.shape)}")
+        elif not torch.isfinite(latents).all():
+            raise ValueError("latents contain NaN or infinite values")
         latents = latents.to(device=device, dtype=torch.float32)
 
         # 2. time grid (t=0 noise -> t=1 data); the scheduler steps in sigma = 1 - t

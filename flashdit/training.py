@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from .pipeline import FlashDiTPipeline
 from .utils import atomic_path, image_grid, save_image
 
 CHECKPOINT_PREFIX = "step_"
+CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}\d+")
 
 
 class TrainingDiverged(RuntimeError):
@@ -119,6 +121,20 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     return 1.0
 
 
+def check_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm: torch.Tensor, step: int, output_dir) -> None:
+    """Stop before an update with a non-finite loss or gradient, so no checkpoint ever holds its result."""
+    values = accelerator.reduce(torch.stack([loss.detach().float(), torch.as_tensor(grad_norm).float()]), "sum")
+    if not torch.isfinite(values).all():
+        last = list_checkpoints(output_dir)
+        loss_value, norm = values.tolist()
+        what = f"loss became {loss_value}" if not math.isfinite(loss_value) else f"gradient norm became {norm}"
+        raise TrainingDiverged(
+            f"the {what} at step {step}; stopped before the update. The last good checkpoint is "
+            f"{last[-1] if last else 'none (no checkpoint was written yet)'}. Resume from it with a lower "
+            "train.lr (a changed lr applies on resume), train.max_grad_norm, or model.qk_norm=true."
+        )
+
+
 def make_train_step(cfg: ExperimentConfig, info: dict, device: torch.device, seed: int = 0):
     """One full optimizer step of ``cfg`` on a fixed random batch, as a closure, for benchmarks and cost
     measurements: t and noise, forward, flow loss, backward, clipping, AdamW, EMA update."""
@@ -154,7 +170,7 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
+    found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)]  # not step_1_backup
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
@@ -232,6 +248,78 @@ def load_checkpoint(accelerator: Accelerator, path: Path, model, ema, optimizer,
     return state
 
 
+def check_run_settings(cfg: ExperimentConfig) -> None:
+    t = cfg.train
+    for name in ("log_every", "checkpoint_every"):
+        value = getattr(t, name)
+        if value < 1:
+            raise ValueError(f"train.{name}={value} must be a positive number of steps")
+    if t.sample_every < 0:
+        raise ValueError(f"train.sample_every={t.sample_every} must be >= 0 (0: no sample grids)")
+    if t.max_steps < 1:
+        raise ValueError(f"train.max_steps={t.max_steps} must be positive")
+
+
+def find_resume_checkpoint(output_dir: Path, resume: str | bool | None) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run. A fresh run refuses an output directory that
+    already holds a run, and a resume refuses to start below newer checkpoints (it would prune them)."""
+    found = list_checkpoints(output_dir)
+    if not resume:
+        if found or (output_dir / "metrics.jsonl").is_file():
+            held = found[-1].name if found else "metrics.jsonl"
+            raise ValueError(
+                f"train.output_dir {output_dir} already holds a run ({held}); continue it with --resume, or "
+                "choose another --output-dir"
+            )
+        return None
+    checkpoint = Path(resume) if isinstance(resume, str) else (found[-1] if found else None)
+    if checkpoint is None:
+        return None
+    if not checkpoint.is_dir():
+        raise ValueError(f"--resume {checkpoint}: no such checkpoint directory")
+    if CHECKPOINT_NAME.fullmatch(checkpoint.name):
+        start = int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
+        newer = [p.name for p in found if int(p.name[len(CHECKPOINT_PREFIX) :]) > start]
+        if newer:
+            raise ValueError(
+                f"--resume {checkpoint}: {output_dir / 'checkpoints'} holds newer checkpoints {newer}, which the "
+                "resumed run would overwrite or prune; move them elsewhere first, or resume from the newest"
+            )
+    return checkpoint
+
+
+def apply_optimizer_settings(accelerator: Accelerator, optimizer, scheduler, t, step: int) -> None:
+    """A resumed run takes lr, betas and weight decay from the config, not from the checkpoint (the schedule
+    is always the config's): a changed value applies from the resumed step on, and is announced."""
+    changed = []
+    for group in optimizer.param_groups:
+        for key, value in (("initial_lr", t.lr), ("betas", tuple(t.betas)), ("weight_decay", t.weight_decay)):
+            old = tuple(group[key]) if key == "betas" else group[key]
+            if old != value:
+                changed.append(f"{'lr' if key == 'initial_lr' else key} {old} -> {value}")
+                group[key] = value
+    if changed:
+        scheduler.base_lrs = [t.lr for _ in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = t.lr * lr_factor(step, t.warmup_steps, t.max_steps, t.lr_schedule)
+        accelerator.print(f"note: the config changes {', '.join(dict.fromkeys(changed))}: applied from step {step}")
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop the log lines a resumed run will write again, and any partial line a crash left."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept))
+
+
 # --------------------------------------------------------------------------------------------
 # pipeline export and sample grids
 
@@ -257,9 +345,30 @@ def make_pipeline(transformer, info: dict, cfg: ExperimentConfig, vae=None) -> F
     )  # fmt: skip
 
 
-def export_pipeline(pipe: FlashDiTPipeline, out_dir: str | Path) -> Path:
-    """``save_pretrained`` into a temporary directory, then swap it in place of ``out_dir``."""
+PIPELINE_ENTRIES = {"model_index.json", "transformer", "scheduler", "vae"}
+
+
+def check_pipeline_out(out_dir: str | Path) -> None:
+    """Refuse an output directory that holds anything but a previous pipeline export (a user's files)."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a directory")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in PIPELINE_ENTRIES)
+    if foreign or not (out_dir / "model_index.json").is_file():
+        what = ", ".join(foreign[:5]) or "no model_index.json"
+        raise ValueError(
+            f"--out {out_dir} already holds files that are not a FlashDiT pipeline ({what}); choose another "
+            "directory, or empty it yourself"
+        )
+
+
+def export_pipeline(pipe: FlashDiTPipeline, out_dir: str | Path) -> Path:
+    """``save_pretrained`` into a temporary directory, then swap it in place of ``out_dir``; a previous
+    pipeline there is replaced, anything else refused (:func:`check_pipeline_out`)."""
+    out_dir = Path(out_dir)
+    check_pipeline_out(out_dir)
     tmp = out_dir.with_name(f".tmp_{out_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp)
@@ -306,6 +415,8 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
         )
     micro_batch = t.global_batch_size // (world * t.grad_accum_steps)
     output_dir = Path(t.output_dir)
+    check_run_settings(cfg)
+    checkpoint = find_resume_checkpoint(output_dir, resume)
     set_seed(t.seed, device_specific=True)
 
     # 1. data, model, EMA, optimiser
@@ -325,12 +436,9 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
         accelerator.unwrap_model(model).compile(dynamic=False)
 
     # 2. resume
-    step, checkpoint, state = 0, None, {}
-    if resume:
-        found = list_checkpoints(output_dir)
-        checkpoint = Path(resume) if isinstance(resume, str) else (found[-1] if found else None)
-        if checkpoint is None:
-            accelerator.print(f"no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
+    step, state = 0, {}
+    if resume and checkpoint is None:
+        accelerator.print(f"no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, model, ema, optimizer, scheduler)
         if state["global_batch_size"] != t.global_batch_size:
@@ -339,11 +447,9 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
                 f"{t.global_batch_size}; the data order would not continue"
             )
         step = state["step"]
-        metrics = output_dir / "metrics.jsonl"
-        if accelerator.is_main_process and metrics.is_file():  # drop the log lines the resumed run will redo
-            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= step]
-            with atomic_path(metrics) as tmp:
-                tmp.write_text("".join(line + "\n" for line in kept))
+        apply_optimizer_settings(accelerator, optimizer, scheduler, t, step)
+        if accelerator.is_main_process:
+            trim_metrics(output_dir / "metrics.jsonl", step)
         accelerator.print(f"resumed from {checkpoint} at step {step}")
     sampler = ResumableBatchSampler(
         len(dataset), micro_batch, accelerator.process_index, world, t.seed, cfg.data.random_flip,
@@ -380,8 +486,10 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
                 loss, terms = flow.flow_loss(v, flow.velocity_target(x1, x0), cfg.flow.cosine_weight)
                 loss = loss.mean()
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm:
-                    grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm)
+                if accelerator.sync_gradients:
+                    # without clipping, an infinite threshold still measures the norm (logged, and checked)
+                    grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm or math.inf)
+                    check_finite(accelerator, loss, grad_norm, step + 1, output_dir)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -389,15 +497,8 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
         ema_update(ema, accelerator.unwrap_model(model), ema_decay_at(step, t.ema_decay, t.ema_warmup))
         window_images += t.global_batch_size
 
-        mean_loss = accelerator.reduce(loss.detach(), "mean").item()
-        if not math.isfinite(mean_loss):
-            last = list_checkpoints(output_dir)
-            raise TrainingDiverged(
-                f"the loss became {mean_loss} at step {step}; stopping. The last good checkpoint is "
-                f"{last[-1] if last else 'none (no checkpoint was written yet)'}. Try a lower train.lr, "
-                "train.max_grad_norm, or model.qk_norm=true, and resume from it."
-            )
         if step % t.log_every == 0 or step == t.max_steps:
+            mean_loss = accelerator.reduce(loss.detach(), "mean").item()
             elapsed = time.perf_counter() - window_start
             logs = {
                 "loss": mean_loss,

@@ -70,3 +70,24 @@ def load_pipeline(path: str, device: str | torch.device | None = None, dtype: st
         raise FileNotFoundError(f"no pipeline directory at {path}")
     pipe = FlashDiTPipeline.from_pretrained(path).to(device or default_device())
     return pipe if dtype == "fp32" else pipe.to(DTYPES[dtype])
+
+
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Fail fast when ``path`` (a directory, created if missing) cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{what} {path} is not writable ({err.strerror or err})") from None
+
+
+def model_fingerprint(path: str) -> str:
+    """Names, sizes and modification times of a pipeline directory's weight files: changes when the model at
+    ``path`` is exported again (a hub id stands for itself)."""
+    local = Path(path)
+    if not local.is_dir():
+        return str(path)
+    files = sorted(p for p in local.rglob("*") if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
+    return ";".join(f"{p.relative_to(local)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
