@@ -14,6 +14,7 @@ import argparse
 import time
 
 from flashdit.cli import run
+from flashdit.pipeline import SamplingDefaults, check_side
 from flashdit.sampling import generate
 from flashdit.utils import DTYPES, image_grid, load_pipeline, save_image
 
@@ -22,9 +23,20 @@ def parse_label(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
+def check_settings(args: argparse.Namespace) -> None:
+    given = dict(guidance_scale=args.cfg, num_inference_steps=args.steps, timestep_shift=args.shift,
+                 guidance_interval=args.guidance_interval)  # fmt: skip
+    SamplingDefaults.from_dict({k: v for k, v in given.items() if v is not None})
+    check_side("height", args.height)
+    check_side("width", args.width)
+
+
 def main(args: argparse.Namespace) -> list[str]:
     if args.per_label <= 0:
         raise ValueError(f"--per-label must be positive, got {args.per_label}")
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    check_settings(args)  # before loading the model
     pipe = load_pipeline(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)
     labels = [parse_label(c) for c in args.class_labels for _ in range(args.per_label)]

@@ -19,6 +19,16 @@ from .models.transformer import FlashDiTTransformer2DModel
 MAX_SIDE = 16384  # pixels per side: larger requests fail fast instead of trying to allocate the noise
 
 
+def check_side(name: str, value) -> None:
+    """``height``/``width`` must be a positive int no larger than ``MAX_SIDE`` (None: the default size)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value} must be a positive integer number of pixels")
+    if value > MAX_SIDE:
+        raise ValueError(f"{name}={value} is larger than the largest supported side, {MAX_SIDE} pixels")
+
+
 @dataclass(frozen=True)
 class SamplingDefaults:
     """The defaults of ``FlashDiTPipeline.__call__``, in one place.
@@ -221,13 +231,12 @@ class FlashDiTPipeline(DiffusionPipeline):
         height = default if height is None else height
         width = default if width is None else width
         for name, value in (("height", height), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
+            check_side(name, value)
+            if value % factor:
                 raise ValueError(
                     f"{name}={value} must be a positive multiple of {factor} "
                     f"(VAE factor {self.vae_scale_factor} x patch size {self.transformer.config.patch_size})"
                 )
-            if value > MAX_SIDE:
-                raise ValueError(f"{name}={value} is larger than the largest supported side, {MAX_SIDE} pixels")
         return height, width
 
     @torch.no_grad()

@@ -400,6 +400,9 @@ def sample_grid(pipe: FlashDiTPipeline, cfg: ExperimentConfig, num_classes: int)
 def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
     """Train; returns the exported pipeline directory. ``resume=True`` picks the newest complete checkpoint."""
     t = cfg.train
+    output_dir = Path(t.output_dir)
+    check_run_settings(cfg)  # before any set-up: a bad value fails at once
+    checkpoint = find_resume_checkpoint(output_dir, resume)
     accelerator = Accelerator(
         cpu=t.cpu,
         mixed_precision=t.mixed_precision,
@@ -414,9 +417,6 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
             f"grad_accum_steps ({t.grad_accum_steps})"
         )
     micro_batch = t.global_batch_size // (world * t.grad_accum_steps)
-    output_dir = Path(t.output_dir)
-    check_run_settings(cfg)
-    checkpoint = find_resume_checkpoint(output_dir, resume)
     set_seed(t.seed, device_specific=True)
 
     # 1. data, model, EMA, optimiser
