@@ -25,6 +25,7 @@ from .cli import run
 from .models.embeddings import rope_tables_2d, sincos_pos_embed_2d
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
 from .pipeline import FlashDiTPipeline, imagenet_id2label
+from .utils import save_dir_atomically
 
 # The authors' sampling settings (Iwin repo / LightningDiT configs: Euler 250 steps, guidance interval
 # from t = 0.11, timestep shift 0.3, guidance on the first three latent channels as in DiT's code).
@@ -46,6 +47,9 @@ VAVAE_CONFIG = dict(
 
 class ConversionError(ValueError):
     pass
+
+
+VAE_ENTRIES = {"config.json", "diffusion_pytorch_model.safetensors"}
 
 
 def load_state_dict(path: str | Path, prefer: tuple[str, ...] = ("ema", "model", "state_dict")) -> dict:
@@ -288,7 +292,7 @@ def main(argv=None) -> Path:
     vae_config = json.loads(Path(args.vae_config).read_text()) if args.vae_config else None
     if args.source == "vae":
         vae = convert_vae(load_state_dict(args.ckpt), vae_config, tuple(args.ignore_prefix))
-        vae.save_pretrained(args.out)
+        save_dir_atomically(vae.save_pretrained, args.out, VAE_ENTRIES, "config.json", "diffusers AutoencoderKL")
         print(f"wrote {args.out} (dropped {len(vae.dropped_keys)} training-only keys)")
         return Path(args.out)
     transformer = convert_transformer(

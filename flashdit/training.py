@@ -35,7 +35,7 @@ from .config import ExperimentConfig, ModelConfig, to_dict
 from .data import LatentShardDataset, ResumableBatchSampler, fashion_mnist
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
 from .pipeline import FlashDiTPipeline
-from .utils import atomic_path, image_grid, save_image
+from .utils import atomic_path, image_grid, save_dir_atomically, save_image
 
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}\d+")
@@ -348,39 +348,10 @@ def make_pipeline(transformer, info: dict, cfg: ExperimentConfig, vae=None) -> F
 PIPELINE_ENTRIES = {"model_index.json", "transformer", "scheduler", "vae"}
 
 
-def check_pipeline_out(out_dir: str | Path) -> None:
-    """Refuse an output directory that holds anything but a previous pipeline export (a user's files)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir} is a file, not a directory")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in PIPELINE_ENTRIES)
-    if foreign or not (out_dir / "model_index.json").is_file():
-        what = ", ".join(foreign[:5]) or "no model_index.json"
-        raise ValueError(
-            f"--out {out_dir} already holds files that are not a FlashDiT pipeline ({what}); choose another "
-            "directory, or empty it yourself"
-        )
-
-
 def export_pipeline(pipe: FlashDiTPipeline, out_dir: str | Path) -> Path:
     """``save_pretrained`` into a temporary directory, then swap it in place of ``out_dir``; a previous
-    pipeline there is replaced, anything else refused (:func:`check_pipeline_out`)."""
-    out_dir = Path(out_dir)
-    check_pipeline_out(out_dir)
-    tmp = out_dir.with_name(f".tmp_{out_dir.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp)
-    if out_dir.exists():
-        old = out_dir.with_name(f".old_{out_dir.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
-    return out_dir
+    pipeline there is replaced, anything else refused."""
+    return save_dir_atomically(pipe.save_pretrained, out_dir, PIPELINE_ENTRIES, "model_index.json", "FlashDiT pipeline")
 
 
 def sample_grid(pipe: FlashDiTPipeline, cfg: ExperimentConfig, num_classes: int):

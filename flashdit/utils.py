@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -91,3 +92,34 @@ def model_fingerprint(path: str) -> str:
         return str(path)
     files = sorted(p for p in local.rglob("*") if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
     return ";".join(f"{p.relative_to(local)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+
+
+def save_dir_atomically(
+    save: Callable[[Path], None], out_dir: str | os.PathLike, allowed: set[str], marker: str, what: str
+) -> Path:
+    """Write a directory with ``save(tmp)`` beside ``out_dir``, then swap it in. ``out_dir`` may be missing,
+    empty, or a previous output (it holds ``marker`` and only names in ``allowed``), which is replaced; a
+    directory holding anything else (a user's files) is refused, and nothing is deleted."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in allowed)
+        if foreign or not (out_dir / marker).is_file():
+            held = ", ".join(foreign[:5]) or f"no {marker}"
+            raise ValueError(
+                f"--out {out_dir} already holds files that are not a {what} ({held}); choose another directory, "
+                "or empty it yourself"
+            )
+    tmp = out_dir.with_name(f".tmp_{out_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    if out_dir.exists():
+        old = out_dir.with_name(f".old_{out_dir.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out_dir)
+    return out_dir
