@@ -248,11 +248,19 @@ def load_images(source: str | Path, limit: int | None = None) -> np.ndarray:
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)[:limit]
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {path}")
-        arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        arrays = [_read_rgb(f) for f in files]
         if len({a.shape for a in arrays}) != 1:
             raise ValueError(f"images under {path} have different sizes {sorted({a.shape for a in arrays})[:3]}")
         return np.stack(arrays)
     raise FileNotFoundError(f"reference {source} is not an image folder, an .npz, or fashion-mnist:<split>")
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except OSError as err:  # unreadable or truncated: name the file
+        raise ValueError(f"cannot read image {path}: {err}") from None
 
 
 def load_reference(source: str | Path, inception: InceptionFeatures | None = None, limit: int | None = None,
