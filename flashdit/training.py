@@ -351,7 +351,8 @@ PIPELINE_ENTRIES = {"model_index.json", "transformer", "scheduler", "vae"}
 def export_pipeline(pipe: FlashDiTPipeline, out_dir: str | Path) -> Path:
     """``save_pretrained`` into a temporary directory, then swap it in place of ``out_dir``; a previous
     pipeline there is replaced, anything else refused."""
-    return save_dir_atomically(pipe.save_pretrained, out_dir, PIPELINE_ENTRIES, "model_index.json", "FlashDiT pipeline")
+    marker = "model_index.json"
+    return save_dir_atomically(pipe.save_pretrained, out_dir, PIPELINE_ENTRIES, marker, "FlashDiT pipeline")
 
 
 def sample_grid(pipe: FlashDiTPipeline, cfg: ExperimentConfig, num_classes: int):
