@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
@@ -16,6 +17,7 @@ from diffusers.image_processor import VaeImageProcessor
 from . import flow
 from .models.transformer import FlashDiTTransformer2DModel
 
+NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()  # "take the stored value"
 MAX_SIDE = 16384  # pixels per side: larger requests fail fast instead of trying to allocate the noise
 
 
@@ -252,7 +254,7 @@ class FlashDiTPipeline(DiffusionPipeline):
         guidance_interval: tuple[float, float] | None = None,
         timestep_shift: float | None = None,
         sampler: str | None = None,
-        cfg_channels: int | None = None,
+        cfg_channels: int | None = NOT_GIVEN,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, float, dict], dict] | None = None,
@@ -263,8 +265,10 @@ class FlashDiTPipeline(DiffusionPipeline):
 
         Args:
             class_labels: class ids, class names, or a mix; one image each.
-            guidance_scale, num_inference_steps, guidance_interval, timestep_shift, sampler, cfg_channels:
+            guidance_scale, num_inference_steps, guidance_interval, timestep_shift, sampler:
                 see :class:`SamplingDefaults`; None takes the pipeline's stored value, then the default.
+            cfg_channels: guide only the first N channels; ``None`` guides all channels, whatever the pipeline
+                stores; left out, the stored value (then all channels).
             height, width: output size in pixels, any positive multiple of VAE factor x patch size,
                 non-square allowed; defaults to the training size.
             generator: one generator, or one per image: image ``i`` then depends only on
@@ -284,9 +288,11 @@ class FlashDiTPipeline(DiffusionPipeline):
             sampler=sampler,
             guidance_interval=guidance_interval,
             timestep_shift=timestep_shift,
-            cfg_channels=cfg_channels,
         )
-        settings = SamplingDefaults.from_dict({**stored, **{k: v for k, v in given.items() if v is not None}})
+        given = {k: v for k, v in given.items() if v is not None}
+        if cfg_channels is not NOT_GIVEN:  # None is a value here: guide all channels
+            given["cfg_channels"] = cfg_channels
+        settings = SamplingDefaults.from_dict({**stored, **given})
         if settings.sampler not in flow.SAMPLERS:
             raise ValueError(f"sampler must be one of {flow.SAMPLERS}, got {settings.sampler!r}")
         if output_type not in ("pil", "np", "pt", "latent"):

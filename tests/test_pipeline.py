@@ -247,3 +247,12 @@ def test_bfloat16_pipeline_runs():
     pipe = pixel_pipe().to(torch.bfloat16)
     out = pipe([1, 2], num_inference_steps=2, output_type="np").images
     assert out.shape == (2, 8, 8, 1) and np.isfinite(out).all()
+
+
+def test_cfg_channels_none_at_call_time_guides_all_channels_even_when_three_are_stored():
+    pipe = latent_pipe(sampling=dict(guidance_scale=4.0, num_inference_steps=1, cfg_channels=3))
+    run = lambda **kw: pipe([1], generator=gens([0]), output_type="latent", **kw).images  # noqa: E731
+    stored, all_channels, explicit = run(), run(cfg_channels=None), run(cfg_channels=4)
+    torch.testing.assert_close(all_channels, explicit)  # 4 channels: "all"
+    assert not torch.allclose(stored[:, 3], all_channels[:, 3])  # the stored 3 left channel 3 unguided
+    torch.testing.assert_close(stored[:, :3], all_channels[:, :3])
