@@ -16,7 +16,7 @@ import time
 from flashdit.cli import run
 from flashdit.pipeline import SamplingDefaults, check_side
 from flashdit.sampling import generate
-from flashdit.utils import DTYPES, image_grid, load_pipeline, save_image
+from flashdit.utils import DTYPES, check_writable, image_grid, load_pipeline, save_image
 
 
 def parse_label(text: str) -> int | str:
@@ -37,6 +37,7 @@ def main(args: argparse.Namespace) -> list[str]:
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     check_settings(args)  # before loading the model
+    check_writable(args.out, "--out")
     pipe = load_pipeline(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)
     labels = [parse_label(c) for c in args.class_labels for _ in range(args.per_label)]

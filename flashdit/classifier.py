@@ -100,7 +100,7 @@ def _recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -
 def fashion_mnist_classifier(cache: str | Path, epochs: int = 2) -> tuple[SmallCNN, float]:
     """The Fashion-MNIST judge: loaded from ``cache`` (a .safetensors with a .json beside it) or trained
     and saved there. Returns the model and its accuracy on the real test set."""
-    from .data import load_idx_split
+    from .data import load_idx_split, pad_images
 
     cache = Path(cache)
     meta_path = cache.with_suffix(".json")
@@ -108,11 +108,10 @@ def fashion_mnist_classifier(cache: str | Path, epochs: int = 2) -> tuple[SmallC
     if cache.is_file() and meta_path.is_file():
         model.load_state_dict(load_file(cache))
         return model.eval(), json.loads(meta_path.read_text())["test_accuracy"]
-    pad = ((0, 0), (2, 2), (2, 2))
     train_x, train_y = load_idx_split(None, "train")
     test_x, test_y = load_idx_split(None, "test")
-    model = train_classifier(np.pad(train_x, pad)[..., None], train_y, 10, epochs=epochs)
-    acc = float((predict(model, np.pad(test_x, pad)[..., None]) == test_y).mean())
+    model = train_classifier(pad_images(train_x, 32), train_y, 10, epochs=epochs)
+    acc = float((predict(model, pad_images(test_x, 32)) == test_y).mean())
     cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache) as tmp:
         save_file(model.state_dict(), tmp)

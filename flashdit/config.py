@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .models.transformer import CONV_INITS, MIXERS, MODULATIONS, POS_EMBEDS
+
 
 @dataclass
 class ModelConfig:
@@ -29,12 +31,14 @@ class ModelConfig:
     num_heads: int | None = None
     mlp_ratio: float = 4.0
     class_dropout_prob: float = 0.1
-    mixer: Literal["iwin", "window", "attention", "conv"] = "iwin"
+    mixer: Literal[MIXERS] = "iwin"
     window_size: int = 4
     kernel_size: int | None = 3
-    pos_embed: Literal["none", "sincos", "rope", "sincos+rope"] = "none"
+    pos_embed: Literal[POS_EMBEDS] = "none"
     qk_norm: bool = False
-    conv_init: Literal["pytorch", "xavier"] = "pytorch"
+    qkv_bias: bool = True
+    modulation: Literal[MODULATIONS] = "adaln-zero"
+    conv_init: Literal[CONV_INITS] = "pytorch"
 
 
 @dataclass

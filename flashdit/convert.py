@@ -27,15 +27,16 @@ from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
 from .pipeline import FlashDiTPipeline, imagenet_id2label
 from .utils import save_dir_atomically
 
-# The authors' sampling settings (Iwin repo / LightningDiT configs: Euler 250 steps, guidance interval
-# from t = 0.11, timestep shift 0.3, guidance on the first three latent channels as in DiT's code).
+# The authors' sampling settings (Iwin repo / LightningDiT reproduction configs: Euler 250 steps, timestep shift
+# 0.3, guidance on the first three latent channels as in DiT's code; guidance from t = 0.11 (FlashDiT), 0.10
+# (LightningDiT 64 epochs) and 0.125 (LightningDiT 800 epochs)).
 AUTHORS_SAMPLING = {
     "flashdit": dict(guidance_scale=10.0, num_inference_steps=250, sampler="euler", timestep_shift=0.3,
                      guidance_interval=[0.11, 1.0], cfg_channels=3),
     "lightningdit-64": dict(guidance_scale=10.0, num_inference_steps=250, sampler="euler", timestep_shift=0.3,
-                            guidance_interval=[0.11, 1.0], cfg_channels=3),
+                            guidance_interval=[0.10, 1.0], cfg_channels=3),
     "lightningdit-800": dict(guidance_scale=6.7, num_inference_steps=250, sampler="euler", timestep_shift=0.3,
-                             guidance_interval=[0.11, 1.0], cfg_channels=3),
+                             guidance_interval=[0.125, 1.0], cfg_channels=3),
 }  # fmt: skip
 VAVAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=32, block_out_channels=(128, 128, 256, 256, 512),
@@ -275,7 +276,9 @@ def main(argv=None) -> Path:
     p.add_argument("--epochs", type=int, choices=[64, 800], default=800, help="LightningDiT: which release")
     p.add_argument("--sample-size", type=int, default=16, help="latent grid of the training data")
     p.add_argument("--num-heads", type=int, default=None, help="only for widths outside the size registry")
-    p.add_argument("--window-size", type=int, default=8, help="official FlashDiT: 8 (the config's 4 is never used)")
+    p.add_argument(
+        "--window-size", type=int, default=8, help="the checkpoint's window: 8 for the official FlashDiT release"
+    )
     p.add_argument(
         "--vae-config",
         default=None,

@@ -47,7 +47,10 @@ def read_idx(path: str | Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def _find(root: Path, stem: str) -> Path | None:
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def find_idx(root: Path, stem: str) -> Path | None:
     for name in (stem + ".gz", stem):
         if (root / name).is_file():
             return root / name
@@ -60,7 +63,7 @@ def load_idx_split(root: str | Path | None = None, split: str = "train") -> tupl
     if split not in IDX_FILES:
         raise ValueError(f"split must be one of {list(IDX_FILES)}, got {split!r}")
     root = Path(root or FASHION_MNIST_DIR)
-    paths = [_find(root, stem) for stem in IDX_FILES[split]]
+    paths = [find_idx(root, stem) for stem in IDX_FILES[split]]
     if not root.is_dir() or None in paths:
         wanted = ", ".join(s + ".gz" for s in IDX_FILES[split])
         raise FileNotFoundError(
@@ -74,15 +77,23 @@ def load_idx_split(root: str | Path | None = None, split: str = "train") -> tupl
     return images, labels
 
 
+def pad_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``(N, H, W)`` centred on a black ``size × size`` canvas: ``(N, size, size, 1)`` (Fashion-MNIST's 28
+    to the models' 32)."""
+    n, h, w = images.shape
+    if size < max(h, w):
+        raise ValueError(f"cannot pad {h}x{w} images to {size}x{size}")
+    top, left = (size - h) // 2, (size - w) // 2
+    return np.pad(images, ((0, 0), (top, size - h - top), (left, size - w - left)))[..., None]
+
+
 def pad_and_scale(images: np.ndarray, pad_to: int) -> torch.Tensor:
     """uint8 ``(N, H, W)`` -> float ``(N, 1, pad_to, pad_to)`` in [-1, 1], centred, black border."""
     n, h, w = images.shape
     if pad_to < max(h, w):
         raise ValueError(f"pad_to={pad_to} is smaller than the {h}x{w} images")
-    x = torch.from_numpy(np.array(images, dtype=np.float32)).div(127.5).sub(1)
-    top, left = (pad_to - h) // 2, (pad_to - w) // 2
-    x = torch.nn.functional.pad(x, (left, pad_to - w - left, top, pad_to - h - top), value=-1.0)
-    return x[:, None]
+    x = torch.from_numpy(pad_images(images, pad_to)).float().div(127.5).sub(1)
+    return x.permute(0, 3, 1, 2).contiguous()
 
 
 class TensorImageDataset(Dataset):

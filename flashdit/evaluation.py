@@ -20,12 +20,12 @@ import torch
 from PIL import Image
 
 from .cli import run
+from .data import IMAGE_EXTS, load_idx_split, pad_images
 
 INCEPTION_DEFAULT = Path(os.environ.get("FLASHDIT_CACHE", Path.home() / ".cache" / "flashdit")) / (
     "inception-v3-compat-from-fid-helper.pth"
 )
 METRICS = ("fid", "isc", "kid", "prc")
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,15 +229,12 @@ def load_images(source: str | Path, limit: int | None = None) -> np.ndarray:
     ``fashion-mnist:train|test[:SIZE]`` (28×28 padded to SIZE×SIZE, default 32, as the models see it)."""
     source = str(source)
     if source.startswith("fashion-mnist:"):
-        from .data import load_idx_split
-
         parts = source.split(":")
         size = int(parts[2]) if len(parts) > 2 else 32
         images, _ = load_idx_split(None, parts[1])
         if size < 28 or size % 2:
             raise ValueError(f"{source}: the padded size must be an even number >= 28")
-        pad = (size - 28) // 2
-        return np.pad(images[:limit], ((0, 0), (pad, pad), (pad, pad)))[..., None]
+        return pad_images(images[:limit], size)
     path = Path(source)
     if path.suffix == ".npz" and path.is_file():
         with np.load(path) as data:

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .cli import run
-from .data import FASHION_MNIST_CLASSES, IDX_FILES, _find, load_idx_split
+from .data import FASHION_MNIST_CLASSES, IDX_FILES, IMAGE_EXTS, find_idx, load_idx_split, pad_images
 from .utils import atomic_path
 
 
@@ -62,7 +62,7 @@ class ImageSource:
         self.root, self.resolution, self.channels = Path(source), resolution, channels
         if not self.root.is_dir():
             raise FileNotFoundError(f"--source {self.root} is not a directory")
-        if _find(self.root, IDX_FILES[split][0]) is not None:
+        if find_idx(self.root, IDX_FILES[split][0]) is not None:
             self.kind = "idx"
             self.images, labels = load_idx_split(self.root, split)
             self.labels = labels.tolist()
@@ -74,11 +74,10 @@ class ImageSource:
         else:
             self.kind = "folder"
             self.class_names = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-            exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG"}
             self.files, self.labels = [], []
             for label, name in enumerate(self.class_names):
                 for f in sorted((self.root / name).rglob("*")):
-                    if f.suffix in exts or f.suffix.lower() in exts:
+                    if f.suffix.lower() in IMAGE_EXTS:
                         self.files.append(f)
                         self.labels.append(label)
             if not self.files:
@@ -91,12 +90,7 @@ class ImageSource:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         if self.kind == "idx":
-            arr = self.images[i]
-            h, w = arr.shape
-            top, left = (self.resolution - h) // 2, (self.resolution - w) // 2
-            canvas = np.zeros((self.resolution, self.resolution), dtype=np.uint8)
-            canvas[top : top + h, left : left + w] = arr
-            arr = canvas[..., None].repeat(self.channels, axis=-1)
+            arr = pad_images(self.images[i : i + 1], self.resolution)[0].repeat(self.channels, axis=-1)
         else:
             try:
                 with Image.open(self.files[i]) as img:

@@ -197,6 +197,28 @@ class FlashDiTPipeline(DiffusionPipeline):
         return torch.tensor(ids, dtype=torch.long, device=device)
 
     # ----------------------------------------------------------------------------------------
+    # state during a call (diffusers' callback protocol)
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the running call; a step-end callback may change ``pipe._guidance_scale``."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale != 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        """Integration steps of the running (or last) call."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` in a callback to skip the remaining steps."""
+        return self._interrupt
+
+    # ----------------------------------------------------------------------------------------
     # latents
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -255,6 +277,7 @@ class FlashDiTPipeline(DiffusionPipeline):
         timestep_shift: float | None = None,
         sampler: str | None = None,
         cfg_channels: int | None = NOT_GIVEN,
+        num_images_per_prompt: int = 1,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[[DiffusionPipeline, int, float, dict], dict] | None = None,
@@ -274,9 +297,13 @@ class FlashDiTPipeline(DiffusionPipeline):
             generator: one generator, or one per image: image ``i`` then depends only on
                 ``generator[i]`` and its label, whatever the batch size.
             latents: initial noise ``(B, C, h, w)`` instead of drawing it.
+            num_images_per_prompt: images per class label (diffusers' name); image ``i`` of label ``k`` is
+                output ``k · num_images_per_prompt + i``, and a list of generators needs one per output.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
-            callback_on_step_end: ``fn(pipe, step, t, {"latents": ...}) -> dict`` after each step; a
-                returned ``"latents"`` replaces the current ones.
+            callback_on_step_end: ``fn(pipe, step, t, {"latents": ...}) -> dict`` after each step, with ``t`` the
+                flow time at the start of the step (a float, 0 = noise, 1 = data; diffusers' schedulers pass
+                ``1000·(1 - t)``); a returned ``"latents"`` replaces the current ones, and the callback may set
+                ``pipe._guidance_scale`` (read at every step) or ``pipe._interrupt``.
             autocast: on CUDA, run an fp32 transformer under bf16 autocast (integration stays fp32).
         Returns:
             ``ImagePipelineOutput(images=...)``, or a tuple ``(images,)``.
@@ -298,15 +325,20 @@ class FlashDiTPipeline(DiffusionPipeline):
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         self._check_scheduler()
-        guidance = flow.Guidance(settings.guidance_scale, settings.guidance_interval, settings.cfg_channels)
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or (
+            num_images_per_prompt < 1
+        ):
+            raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be a positive integer")
+        flow.Guidance(settings.guidance_scale, settings.guidance_interval, settings.cfg_channels)  # validate
+        self._guidance_scale, self._interrupt = settings.guidance_scale, False
         device = self._execution_device
-        labels = self._label_tensor(class_labels, device)
+        labels = self._label_tensor(class_labels, device).repeat_interleave(num_images_per_prompt)
         B = labels.shape[0]
         height, width = self._resolve_size(height, width)
         C = self.transformer.config.in_channels
         shape = (B, C, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if isinstance(generator, list) and len(generator) != B:
-            raise ValueError(f"got {len(generator)} generators for {B} class labels; pass one per image or one")
+            raise ValueError(f"got {len(generator)} generators for {B} images; pass one per image or one")
 
         # 1. initial noise, float32 whatever the model dtype
         if latents is None:
@@ -327,6 +359,7 @@ class FlashDiTPipeline(DiffusionPipeline):
                 return self.transformer(x.to(self.transformer.dtype), t, y).sample.float()
 
         def velocity(x, t):
+            guidance = flow.Guidance(self._guidance_scale, settings.guidance_interval, settings.cfg_channels)
             return guidance.velocity(model, x, t, labels, self.transformer.config.num_classes)
 
         # 3. integrate: Euler through the scheduler, Heun and the SDE through flow.step
@@ -334,9 +367,11 @@ class FlashDiTPipeline(DiffusionPipeline):
         if set(names) - set(self._callback_tensor_inputs):
             raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}")
         ts = times.tolist()
-        n = len(ts) - 1
+        n = self._num_timesteps = len(ts) - 1
         with self.progress_bar(total=n) as progress:
             for i in range(n):
+                if self.interrupt:
+                    continue
                 if settings.sampler == "euler":
                     v = velocity(latents, torch.full((B,), ts[i], device=device))
                     latents = self.scheduler.step(-v, self.scheduler.timesteps[i], latents).prev_sample

@@ -77,9 +77,9 @@ class FirstN(torch.utils.data.Dataset):
 
 def build_model(cfg: ModelConfig, info: dict) -> FlashDiTTransformer2DModel:
     """The transformer from the model config, with channels, grid and classes taken from the data."""
-    kwargs = dict(FLASHDIT_SIZES[cfg.size]) if cfg.size else {}
     if cfg.size and cfg.size not in FLASHDIT_SIZES:
         raise ValueError(f"model.size {cfg.size!r} is not one of {sorted(FLASHDIT_SIZES)}")
+    kwargs = dict(FLASHDIT_SIZES[cfg.size]) if cfg.size else {}
     for key in ("patch_size", "hidden_size", "depth", "num_heads"):
         if getattr(cfg, key) is not None:
             kwargs[key] = getattr(cfg, key)
@@ -96,7 +96,7 @@ def build_model(cfg: ModelConfig, info: dict) -> FlashDiTTransformer2DModel:
             )
         kwargs[key] = info[data_key]
     for key in ("mlp_ratio", "class_dropout_prob", "mixer", "window_size", "kernel_size", "pos_embed", "qk_norm",
-                "conv_init"):
+                "qkv_bias", "modulation", "conv_init"):
         kwargs[key] = getattr(cfg, key)
     return FlashDiTTransformer2DModel(**kwargs)
 

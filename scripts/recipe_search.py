@@ -181,7 +181,7 @@ def measure_cost(args) -> dict:
 
 
 def reference(args):
-    from flashdit.data import load_idx_split
+    from flashdit.data import load_idx_split, pad_images
     from flashdit.evaluation import Reference
 
     path = Path(args.out) / f"reference_test_32px_{NUM_REFERENCE}.npz"
@@ -189,9 +189,8 @@ def reference(args):
         from flashdit.evaluation import load_reference
 
         return load_reference(path)
-    import numpy as np
 
-    images = np.pad(load_idx_split(args.data, "test")[0][:NUM_REFERENCE], ((0, 0), (2, 2), (2, 2)))[..., None]
+    images = pad_images(load_idx_split(args.data, "test")[0][:NUM_REFERENCE], 32)
     ref = Reference.from_features(inception(args)(images)["pool"], "fashion-mnist:test[:2000]", [32, 32])
     ref.save(path)
     return ref

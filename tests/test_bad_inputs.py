@@ -133,6 +133,7 @@ def model_dir(tmp_path_factory):
         (["--height", "100000", "--width", "100000"], "larger than the largest supported side, 16384"),
         (["--class-labels", "10"], "class_labels [10] are not class ids in [0, 10)"),
         (["--per-label", "0"], "--per-label must be positive"),
+        (["--out", "/proc/version/sub"], "--out /proc/version/sub is not writable"),
     ],
 )
 def test_sample_script_user_errors(model_dir, tmp_path, capsys, extra, match):
@@ -140,7 +141,7 @@ def test_sample_script_user_errors(model_dir, tmp_path, capsys, extra, match):
     if "--class-labels" in extra:
         argv = ["--model", str(model_dir), "--out", str(tmp_path / "s")]
     user_error(capsys, sample.main, sample.parse_args, argv + extra, match)
-    assert not (tmp_path / "s").exists()
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())  # no image written
 
 
 def test_nan_latents_are_refused(model_dir):

@@ -256,3 +256,47 @@ def test_cfg_channels_none_at_call_time_guides_all_channels_even_when_three_are_
     torch.testing.assert_close(all_channels, explicit)  # 4 channels: "all"
     assert not torch.allclose(stored[:, 3], all_channels[:, 3])  # the stored 3 left channel 3 unguided
     torch.testing.assert_close(stored[:, :3], all_channels[:, :3])
+
+
+def test_num_images_per_prompt_repeats_each_label_with_its_own_seed():
+    pipe = pixel_pipe(sampling=dict(num_inference_steps=2))
+    out = pipe([3, 5], num_images_per_prompt=2, generator=gens([0, 1, 2, 3]), output_type="pt").images
+    ref = pipe([3, 3, 5, 5], generator=gens([0, 1, 2, 3]), output_type="pt").images
+    torch.testing.assert_close(out, ref)
+    with pytest.raises(ValueError, match="num_images_per_prompt=0"):
+        pipe([3], num_images_per_prompt=0)
+
+
+def test_callback_protocol_guidance_scale_num_timesteps_and_interrupt():
+    pipe = pixel_pipe(sampling=dict(num_inference_steps=4))
+    seen = []
+
+    def raise_guidance(p, i, t, kwargs):
+        seen.append((i, t, p.guidance_scale, p.do_classifier_free_guidance))
+        p._guidance_scale += 1.0
+        return kwargs
+
+    pipe([1], guidance_scale=2.0, callback_on_step_end=raise_guidance, generator=gens([0]), output_type="pt")
+    assert pipe.num_timesteps == 4 and pipe.guidance_scale == 2.0 + pipe.num_timesteps
+    assert [s[0] for s in seen] == [0, 1, 2, 3] and [s[2] for s in seen] == [2.0, 3.0, 4.0, 5.0]
+    assert [round(s[1], 4) for s in seen] == [0.0, 0.25, 0.5, 0.75]  # t: flow time at the step's start
+    calls = []
+
+    def stop_after_two(p, i, t, kwargs):
+        calls.append(i)
+        p._interrupt = i == 1
+        return kwargs
+
+    stopped = pipe([1], callback_on_step_end=stop_after_two, generator=gens([0]), output_type="latent").images
+    assert calls == [0, 1]
+    two_steps = pixel_pipe(sampling=dict(num_inference_steps=4))
+    two_steps.transformer.load_state_dict(pipe.transformer.state_dict())
+    x = [None]
+
+    def keep(p, i, t, kwargs):
+        if i == 1:
+            x[0] = kwargs["latents"].clone()
+        return kwargs
+
+    two_steps([1], callback_on_step_end=keep, generator=gens([0]), output_type="latent")
+    torch.testing.assert_close(stopped, x[0])

@@ -373,3 +373,9 @@ def test_two_cpu_processes_train_with_the_same_global_batch(tmp_path, idx_dir):
     assert state["num_processes"] == 2 and state["global_batch_size"] == 8
     assert (tmp_path / "run" / "checkpoints" / "step_0000002" / "rng_rank1.pt").is_file()
     assert FlashDiTPipeline.from_pretrained(tmp_path / "run" / "pipeline").transformer is not None
+
+
+def test_the_default_tracker_writes_tensorboard_events(tmp_path, idx_dir):
+    run_train(*cfg_args(tmp_path / "run", idx_dir, "train.max_steps=2", "train.trackers=[tensorboard]"))
+    events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
