@@ -33,8 +33,8 @@ from flashdit.evaluation import (
     sample_shards,
     write_adm_npz,
 )
-from flashdit.pipeline import SamplingDefaults
-from flashdit.utils import DTYPES, atomic_path, check_writable, load_pipeline, model_fingerprint, save_image
+from flashdit.pipeline import SamplingDefaults, load_pipeline
+from flashdit.utils import DTYPES, atomic_path, check_writable, model_fingerprint, save_image
 
 
 def default_out(args) -> Path:

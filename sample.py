@@ -14,9 +14,9 @@ import argparse
 import time
 
 from flashdit.cli import run
-from flashdit.pipeline import SamplingDefaults, check_side
+from flashdit.pipeline import SamplingDefaults, check_side, load_pipeline
 from flashdit.sampling import generate
-from flashdit.utils import DTYPES, check_writable, image_grid, load_pipeline, save_image
+from flashdit.utils import DTYPES, check_writable, image_grid, save_image
 
 
 def parse_label(text: str) -> int | str:

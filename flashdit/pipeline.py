@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from diffusers.image_processor import VaeImageProcessor
 
 from . import flow
 from .models.transformer import FlashDiTTransformer2DModel
+from .utils import DTYPES, default_device
 
 NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()  # "take the stored value"
 MAX_SIDE = 16384  # pixels per side: larger requests fail fast instead of trying to allocate the noise
@@ -392,3 +395,20 @@ class FlashDiTPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_pipeline(path: str, device: str | torch.device | None = None, dtype: str = "fp32"):
+    """Load a ``FlashDiTPipeline`` from a directory (or a hub id when online) onto a device."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    local = Path(path)
+    if local.exists():
+        if not (local / "model_index.json").is_file():
+            raise FileNotFoundError(f"{path} is not a pipeline directory: it has no model_index.json")
+    elif not _HUB_ID.match(path):
+        raise FileNotFoundError(f"no pipeline directory at {path}")
+    pipe = FlashDiTPipeline.from_pretrained(path).to(device or default_device())
+    return pipe if dtype == "fp32" else pipe.to(DTYPES[dtype])

@@ -1,10 +1,9 @@
-"""Small shared helpers: atomic file writes, image grids, device/dtype choice, pipeline loading."""
+"""Ground-floor helpers (no package imports): atomic files and directories, image grids, device and dtype choice."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -52,25 +51,6 @@ def image_grid(images: Sequence[Image.Image], nrow: int, pad: int = 2, fill: int
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def load_pipeline(path: str, device: str | torch.device | None = None, dtype: str = "fp32"):
-    """Load a ``FlashDiTPipeline`` from a directory (or a hub id when online) onto a device."""
-    from .pipeline import FlashDiTPipeline
-
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    local = Path(path)
-    if local.exists():
-        if not (local / "model_index.json").is_file():
-            raise FileNotFoundError(f"{path} is not a pipeline directory: it has no model_index.json")
-    elif not _HUB_ID.match(path):
-        raise FileNotFoundError(f"no pipeline directory at {path}")
-    pipe = FlashDiTPipeline.from_pretrained(path).to(device or default_device())
-    return pipe if dtype == "fp32" else pipe.to(DTYPES[dtype])
 
 
 def check_writable(path: str | os.PathLike, what: str) -> None:

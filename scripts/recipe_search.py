@@ -227,8 +227,8 @@ def score(run_dir: Path, settings: list[dict], n: int, args) -> list[dict]:
 
     from flashdit.classifier import class_accuracy, fashion_mnist_classifier
     from flashdit.evaluation import balanced_labels, compute_metrics
+    from flashdit.pipeline import load_pipeline
     from flashdit.sampling import generate
-    from flashdit.utils import load_pipeline
 
     done = read_scores(run_dir)
     todo = [s for s in settings if setting_key(s, n) not in done]

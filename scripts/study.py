@@ -93,7 +93,7 @@ def score(images, labels, features: dict, size: int, args) -> dict:
 
 def evaluate(name: str, cfg_scale: float, size: int, args) -> dict:
     from flashdit.evaluation import InceptionFeatures, balanced_labels, collect_shards, sample_shards
-    from flashdit.utils import load_pipeline
+    from flashdit.pipeline import load_pipeline
 
     out = Path(args.out) / name / f"eval_cfg{cfg_scale}_{size}px"
     result_path = out / "result.json"
@@ -126,7 +126,7 @@ def val_loss(name: str, args, num_images: int = 200, times=(0.1, 0.3, 0.5, 0.7, 
 
     from flashdit import flow
     from flashdit.data import load_idx_split, pad_and_scale
-    from flashdit.utils import load_pipeline
+    from flashdit.pipeline import load_pipeline
 
     model = load_pipeline(str(Path(args.out) / name / "pipeline"), "cpu").transformer.eval()
     images, labels = load_idx_split(None, "test")
@@ -272,8 +272,9 @@ def loss_plot(names: list[str], args) -> Path:
 
 
 def sample_grids(names: list[str], args) -> list[Path]:
+    from flashdit.pipeline import load_pipeline
     from flashdit.training import sample_grid  # noqa: F401  (same fixed-seed grid as training)
-    from flashdit.utils import image_grid, load_pipeline, save_image
+    from flashdit.utils import image_grid, save_image
 
     paths = []
     for size in SIZES:
