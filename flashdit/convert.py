@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from .cli import run
 from .models.embeddings import rope_tables_2d, sincos_pos_embed_2d
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
-from .pipeline import FlashDiTPipeline, imagenet_id2label
+from .pipeline import FlashDiTPipeline, export_pipeline, imagenet_id2label
 from .utils import save_dir_atomically
 
 # The authors' sampling settings (Iwin repo / LightningDiT reproduction configs: Euler 250 steps, timestep shift
@@ -290,7 +290,6 @@ def main(argv=None) -> Path:
 
     import json
 
-    from .training import export_pipeline
 
     vae_config = json.loads(Path(args.vae_config).read_text()) if args.vae_config else None
     if args.source == "vae":

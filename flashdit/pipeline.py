@@ -18,7 +18,7 @@ from diffusers.image_processor import VaeImageProcessor
 
 from . import flow
 from .models.transformer import FlashDiTTransformer2DModel
-from .utils import DTYPES, default_device
+from .utils import DTYPES, default_device, save_dir_atomically
 
 NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()  # "take the stored value"
 MAX_SIDE = 16384  # pixels per side: larger requests fail fast instead of trying to allocate the noise
@@ -412,3 +412,13 @@ def load_pipeline(path: str, device: str | torch.device | None = None, dtype: st
         raise FileNotFoundError(f"no pipeline directory at {path}")
     pipe = FlashDiTPipeline.from_pretrained(path).to(device or default_device())
     return pipe if dtype == "fp32" else pipe.to(DTYPES[dtype])
+
+
+PIPELINE_ENTRIES = {"model_index.json", "transformer", "scheduler", "vae"}
+
+
+def export_pipeline(pipe: FlashDiTPipeline, out_dir: str | Path) -> Path:
+    """``save_pretrained`` into a temporary directory, then swap it in place of ``out_dir``; a previous
+    pipeline there is replaced, anything else refused."""
+    marker = "model_index.json"
+    return save_dir_atomically(pipe.save_pretrained, out_dir, PIPELINE_ENTRIES, marker, "FlashDiT pipeline")

@@ -34,8 +34,8 @@ from . import flow
 from .config import ExperimentConfig, ModelConfig, to_dict
 from .data import LatentShardDataset, ResumableBatchSampler, fashion_mnist
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
-from .pipeline import FlashDiTPipeline
-from .utils import atomic_path, image_grid, save_dir_atomically, save_image
+from .pipeline import FlashDiTPipeline, export_pipeline
+from .utils import atomic_path, image_grid, save_image
 
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}\d+")
@@ -343,16 +343,6 @@ def make_pipeline(transformer, info: dict, cfg: ExperimentConfig, vae=None) -> F
             timestep_shift=s.timestep_shift, guidance_interval=list(s.guidance_interval),
         ),
     )  # fmt: skip
-
-
-PIPELINE_ENTRIES = {"model_index.json", "transformer", "scheduler", "vae"}
-
-
-def export_pipeline(pipe: FlashDiTPipeline, out_dir: str | Path) -> Path:
-    """``save_pretrained`` into a temporary directory, then swap it in place of ``out_dir``; a previous
-    pipeline there is replaced, anything else refused."""
-    marker = "model_index.json"
-    return save_dir_atomically(pipe.save_pretrained, out_dir, PIPELINE_ENTRIES, marker, "FlashDiT pipeline")
 
 
 def sample_grid(pipe: FlashDiTPipeline, cfg: ExperimentConfig, num_classes: int):
