@@ -196,3 +196,13 @@ def test_extraction_refuses_other_settings_and_reads_16_bit_and_corrupt_images(t
     assert snapshot(out) == before
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     user_error(capsys, extract_main, extract_args, [*argv[:-1], str(tmp_path / "lat2")], "broken.png")
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    from flashdit.utils import atomic_path
+
+    with atomic_path(tmp_path / "x.json") as tmp:
+        tmp.write_text("{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
