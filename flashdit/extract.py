@@ -99,7 +99,7 @@ class ImageSource:
             except OSError as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
                 raise ValueError(f"cannot read image {self.files[i]}: {err}") from None
             arr = arr.reshape(self.resolution, self.resolution, -1)
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(127.5).sub(1)
+        return torch.from_numpy(np.array(arr)).permute(2, 0, 1).float().div(127.5).sub(1)  # a writable copy
 
 
 def load_vae(source: str, subfolder: str | None, device):
