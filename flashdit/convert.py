@@ -24,8 +24,8 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from .cli import run
 from .models.embeddings import rope_tables_2d, sincos_pos_embed_2d
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
-from .pipeline import FlashDiTPipeline, export_pipeline, imagenet_id2label
-from .utils import save_dir_atomically
+from .pipeline import PIPELINE_ENTRIES, FlashDiTPipeline, export_pipeline, imagenet_id2label
+from .utils import check_output_dir, save_dir_atomically
 
 # The authors' sampling settings (Iwin repo / LightningDiT reproduction configs: Euler 250 steps, timestep shift
 # 0.3, guidance on the first three latent channels as in DiT's code; guidance from t = 0.11 (FlashDiT), 0.10
@@ -287,6 +287,10 @@ def main(argv=None) -> Path:
     p.add_argument("--ignore-prefix", action="append", default=list(VAVAE_TRAINING_ONLY),
                    help="VAE: training-only key prefixes to drop (repeatable)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.source == "vae":  # before reading a checkpoint of gigabytes
+        check_output_dir(args.out, VAE_ENTRIES, "config.json", "diffusers AutoencoderKL")
+    else:
+        check_output_dir(args.out, PIPELINE_ENTRIES, "model_index.json", "FlashDiT pipeline")
 
     import json
 

@@ -79,12 +79,9 @@ def model_fingerprint(path: str) -> str:
     return ";".join(f"{p.relative_to(local)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
-def save_dir_atomically(
-    save: Callable[[Path], None], out_dir: str | os.PathLike, allowed: set[str], marker: str, what: str
-) -> Path:
-    """Write a directory with ``save(tmp)`` beside ``out_dir``, then swap it in. ``out_dir`` may be missing,
-    empty, or a previous output (it holds ``marker`` and only names in ``allowed``), which is replaced; a
-    directory holding anything else (a user's files) is refused, and nothing is deleted."""
+def check_output_dir(out_dir: str | os.PathLike, allowed: set[str], marker: str, what: str) -> None:
+    """``out_dir`` may be missing, empty, or a previous output (it holds ``marker`` and only names in
+    ``allowed``); anything else (a user's files) is refused."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file, not a directory")
@@ -96,6 +93,16 @@ def save_dir_atomically(
                 f"--out {out_dir} already holds files that are not a {what} ({held}); choose another directory, "
                 "or empty it yourself"
             )
+
+
+def save_dir_atomically(
+    save: Callable[[Path], None], out_dir: str | os.PathLike, allowed: set[str], marker: str, what: str
+) -> Path:
+    """Write a directory with ``save(tmp)`` beside ``out_dir``, then swap it in. ``out_dir`` may be missing,
+    empty, or a previous output (it holds ``marker`` and only names in ``allowed``), which is replaced; a
+    directory holding anything else (a user's files) is refused, and nothing is deleted."""
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, allowed, marker, what)
     tmp = out_dir.with_name(f".tmp_{out_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     save(tmp)

@@ -84,7 +84,7 @@ def test_output_dirs_are_never_overwritten_and_resume_never_prunes_newer(tmp_pat
 
 def test_stray_folders_partial_log_lines_and_a_changed_lr_on_resume(tmp_path, idx_dir, capsys):  # noqa: F811
     run_dir = tmp_path / "run"
-    constant = ["train.lr_schedule=constant", "train.warmup_steps=0"]
+    constant = ["train.lr_schedule=constant", "train.warmup_steps=0", "train.max_grad_norm=null"]  # no clipping
     train_cli(*cfg_args(run_dir, idx_dir, "train.max_steps=2", "train.lr=1e-3", *constant))
     (run_dir / "checkpoints" / "step_123_backup").mkdir()
     with open(run_dir / "metrics.jsonl", "a") as f:
@@ -95,7 +95,7 @@ def test_stray_folders_partial_log_lines_and_a_changed_lr_on_resume(tmp_path, id
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert rows[1]["lr"] == pytest.approx(1e-3) and rows[2]["lr"] == pytest.approx(5e-4)  # the new value applies
-    assert all(r["grad_norm"] > 0 for r in rows)
+    assert all(r["grad_norm"] > 0 for r in rows)  # measured even without clipping
 
 
 def test_bad_step_intervals_are_refused(tmp_path, idx_dir, capsys):  # noqa: F811
@@ -206,3 +206,17 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_convert_and_evaluation_commands_give_one_line_errors(tmp_path, capsys):
+    from flashdit import convert, evaluation
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for source in ("flashdit", "vae"):  # refused before the (missing) checkpoint is even read
+        user_error(capsys, convert.main, lambda a: a, [source, "--ckpt", str(tmp_path / "no.pt"), "--out", str(mine)],
+                   "already holds files that are not a")  # fmt: skip
+    assert (mine / "notes.txt").read_text() == "keep me"
+    user_error(capsys, evaluation.main, lambda a: a, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz")],
+               "is not an image folder, an .npz, or fashion-mnist:<split>")  # fmt: skip
