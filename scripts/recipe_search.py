@@ -432,7 +432,8 @@ def fmt_overrides(overrides: dict) -> str:
 def report(args) -> Path:
     out = Path(args.out)
     lines = ["# Recipe search: results", "", f"Written by `python scripts/recipe_search.py report` from `{out}`; "
-             "FID-500 / FID-2k against 2,000 real test images, class accuracy by the judge CNN.", ""]  # fmt: skip
+             "FID and KID against 2,000 real test images, class accuracy by the judge CNN; n samples per score.",
+             ""]  # fmt: skip
     runs = sorted(p.parent for p in out.glob("*/spec.json"))
     rows = []
     for run_dir in runs:
@@ -445,13 +446,13 @@ def report(args) -> Path:
         rows.append((spec["round"], spec["name"], fmt_overrides(spec["overrides"]), spec["steps"], spec["cpu_minutes"],
                      t.get("seconds"), b))  # fmt: skip
     order = {"cpu-proxy": 0, "proxy": 1, "full": 2, "long": 3}
-    lines += ["| round | run | changes from the old default | steps | CPU min | device s | best guidance | "
-              "FID-500 | KID | class acc |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["| round | run | changes from the old default | steps | CPU min | training wall s | best setting | "
+              "n | FID | KID | class acc |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in sorted(rows, key=lambda r: (order[r[0]], r[6]["fid"])):
         b = r[6]
         lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {b['guidance_scale']} "
-                     f"({b['sampler']} {b['num_inference_steps']}) | {b['fid']} | {b['kid']:.4f} | "
-                     f"{b['class_accuracy']:.3f} |")  # fmt: skip
+                     f"({b['sampler']} {b['num_inference_steps']}) | {b['num_samples']} | {b['fid']} | "
+                     f"{b['kid']:.4f} | {b['class_accuracy']:.3f} |")  # fmt: skip
     lines += ["", "## Every score", "", "| run | n | guidance | sampler | steps | interval | shift | FID | KID | "
               "class acc |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for run_dir in runs:
