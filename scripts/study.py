@@ -182,15 +182,14 @@ def throughput(args) -> dict:
         return json.loads(path.read_text())
     import torch
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from common import time_round_robin
-
+    from bench.common import time_round_robin
     from flashdit.config import load_config
-    from train import make_step
+    from flashdit.training import make_train_step
 
     info, batch = dict(channels=1, size=32, num_classes=10), 64
-    steps = {name: make_step(load_config(ROOT / "configs" / "fashion_mnist.yaml", RUNS[name][1]).model, info,
-                             batch, torch.device("cpu"))[0] for name in RUNS}  # fmt: skip
+    overrides = {name: [*RUNS[name][1], f"train.global_batch_size={batch}"] for name in RUNS}
+    steps = {name: make_train_step(load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides[name]), info,
+                                   torch.device("cpu")) for name in RUNS}  # fmt: skip
     seconds = time_round_robin(steps, repeats=5, min_seconds=3.0)
     result = {name: {"step_seconds": s, "images_per_second": batch / s} for name, s in seconds.items()}
     write_json(path, result)
