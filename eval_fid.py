@@ -1,7 +1,7 @@
 """Evaluate a FlashDiT pipeline: sample N class-balanced images and score them (FID, IS, KID,
 precision/recall with torch-fidelity's TF-FID Inception; class accuracy for Fashion-MNIST).
 
-    python eval_fid.py --model PATH --cfg 1.5                           # 50,000 samples, DiT's FID setting
+    python eval_fid.py --model PATH --cfg 1.5                           # 50,000 samples at DiT's FID guidance
     python eval_fid.py --model runs/fashion_mnist/pipeline --cfg 1.5 --num-samples 2000 \\
         --reference refs/fashion_mnist_test.npz --metrics fid kid prc --classifier fashion-mnist
     accelerate launch eval_fid.py ...                                   # sampling split across processes
@@ -33,7 +33,8 @@ from flashdit.evaluation import (
     sample_shards,
     write_adm_npz,
 )
-from flashdit.pipeline import SamplingDefaults, load_pipeline
+from flashdit.pipeline import load_pipeline
+from flashdit.settings import NOT_GIVEN, SamplingSettings, add_sampling_flags, sampling_flags_given
 from flashdit.utils import DTYPES, atomic_path, check_writable, model_fingerprint, save_image
 
 
@@ -43,8 +44,13 @@ def default_out(args) -> Path:
         name = Path(args.model.rstrip("/")).parent.name
     return (
         Path("eval")
-        / f"{name}_cfg{args.cfg}_{args.sampler or 'default'}{args.steps or ''}_n{args.num_samples}_seed{args.seed}"
+        / f"{name}_cfg{_shown(args.guidance_scale)}_{_shown(args.sampler)}{_shown(args.num_inference_steps, '')}"
+        f"_n{args.num_samples}_seed{args.seed}"
     )
+
+
+def _shown(value, missing: str = "default") -> str:
+    return missing if value is NOT_GIVEN else str(value)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -58,6 +64,8 @@ def main(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if metrics and metrics != ["isc"] and args.reference is None:
         raise ValueError(f"--metrics {metrics} need --reference (image folder, .npz, or saved statistics)")
+    given = sampling_flags_given(args)
+    SamplingSettings().updated(**given)  # a bad value fails before the model loads
     out = Path(args.out) if args.out else default_out(args)
     if state.is_main_process:
         check_writable(out, "--out")
@@ -66,18 +74,16 @@ def main(args: argparse.Namespace) -> dict:
     num_classes = pipe.transformer.config.num_classes
     labels = balanced_labels(args.num_samples, num_classes)
     seeds = [args.seed + i for i in range(args.num_samples)]
+    # every setting that runs, resolved from the flags, the pipeline's stored values and the defaults
     settings = dict(
-        model=str(args.model), num_samples=args.num_samples, seed=args.seed, guidance_scale=args.cfg,
-        num_inference_steps=args.steps, sampler=args.sampler, timestep_shift=args.shift,
-        guidance_interval=args.guidance_interval, height=args.height, width=args.width, dtype=args.dtype,
-    )  # fmt: skip
-    # resolve unset settings from the pipeline so the JSON records what actually ran
-    stored = {**pipe.config.sampling}
-    for key in ("num_inference_steps", "sampler", "timestep_shift", "guidance_interval"):
-        if settings[key] is None:
-            settings[key] = stored.get(key, getattr(SamplingDefaults(), key))
-    if isinstance(settings["guidance_interval"], tuple):
-        settings["guidance_interval"] = list(settings["guidance_interval"])
+        model=str(args.model),
+        num_samples=args.num_samples,
+        seed=args.seed,
+        **SamplingSettings.from_dict(pipe.config.sampling).updated(**given).to_dict(),
+        height=args.height,
+        width=args.width,
+        dtype=args.dtype,
+    )
     default_side = pipe.transformer.config.sample_size * pipe.vae_scale_factor
     settings["height"] = settings["height"] or default_side
     settings["width"] = settings["width"] or default_side
@@ -106,9 +112,17 @@ def main(args: argparse.Namespace) -> dict:
     # 2. samples (and their Inception features), resumable and split across processes
     start = time.perf_counter()
     paths = sample_shards(
-        pipe, out, labels, seeds, settings, args.shard_size, args.batch_size, inception, state,
+        pipe,
+        out,
+        labels,
+        seeds,
+        settings,
+        args.shard_size,
+        args.batch_size,
+        inception,
+        state,
         progress=not args.quiet,
-    )  # fmt: skip
+    )
     elapsed = time.perf_counter() - start
     if not state.is_main_process:
         return {}
@@ -167,9 +181,11 @@ def _class_accuracy(which: str, images: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def _print_table(results: dict, settings: dict, out: Path) -> None:
-    print(f"\nsettings: cfg {settings['guidance_scale']}, {settings['sampler']} {settings['num_inference_steps']} "
-          f"steps, shift {settings['timestep_shift']}, interval {settings['guidance_interval']}, "
-          f"N {settings['num_samples']}, seed {settings['seed']}")  # fmt: skip
+    print(
+        f"\nsettings: cfg {settings['guidance_scale']}, {settings['sampler']} {settings['num_inference_steps']} "
+        f"steps, shift {settings['timestep_shift']}, interval {settings['guidance_interval']}, "
+        f"N {settings['num_samples']}, seed {settings['seed']}"
+    )
     print("| metric | value |\n|---|---|")
     for k, v in results.items():
         if k != "class_accuracy_per_class":
@@ -180,17 +196,15 @@ def _print_table(results: dict, settings: dict, out: Path) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="pipeline directory (or hub id when online)")
-    p.add_argument("--cfg", type=float, default=1.5, help="guidance scale (DiT's FID setting: 1.5)")
     p.add_argument("--num-samples", type=int, default=50_000)
-    p.add_argument("--reference", default=None, help="image folder, ADM .npz (images or mu/sigma), saved statistics, "
-                   "or fashion-mnist:test")  # fmt: skip
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="image folder, ADM .npz (images or mu/sigma), saved statistics, or fashion-mnist:test",
+    )
     p.add_argument(
         "--metrics", nargs="*", default=["fid", "isc"], help=f"any of {list(METRICS)}; none for samples only"
     )
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--sampler", choices=["euler", "heun", "sde"], default=None)
-    p.add_argument("--shift", type=float, default=None)
-    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -205,6 +219,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     p.add_argument("--quiet", action="store_true")
+    add_sampling_flags(p)
     return p.parse_args(argv)
 
 

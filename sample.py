@@ -14,8 +14,9 @@ import argparse
 import time
 
 from flashdit.cli import run
-from flashdit.pipeline import SamplingDefaults, check_side, load_pipeline
+from flashdit.pipeline import check_side, load_pipeline
 from flashdit.sampling import generate
+from flashdit.settings import SamplingSettings, add_sampling_flags, sampling_flags_given
 from flashdit.utils import DTYPES, check_writable, image_grid, save_image
 
 
@@ -23,12 +24,13 @@ def parse_label(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def check_settings(args: argparse.Namespace) -> None:
-    given = dict(guidance_scale=args.cfg, num_inference_steps=args.steps, timestep_shift=args.shift,
-                 guidance_interval=args.guidance_interval)  # fmt: skip
-    SamplingDefaults.from_dict({k: v for k, v in given.items() if v is not None})
+def check_settings(args: argparse.Namespace) -> dict:
+    """The sampling settings given on the command line, checked before the model loads."""
+    given = sampling_flags_given(args)
+    SamplingSettings().updated(**given)
     check_side("height", args.height)
     check_side("width", args.width)
+    return given
 
 
 def main(args: argparse.Namespace) -> list[str]:
@@ -36,22 +38,14 @@ def main(args: argparse.Namespace) -> list[str]:
         raise ValueError(f"--per-label must be positive, got {args.per_label}")
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    check_settings(args)  # before loading the model
+    given = check_settings(args)  # before loading the model
     check_writable(args.out, "--out")
     pipe = load_pipeline(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)
     labels = [parse_label(c) for c in args.class_labels for _ in range(args.per_label)]
     ids = [pipe.get_label_ids(c)[0] if isinstance(c, str) else c for c in labels]
     seeds = [args.seed + i for i in range(len(labels))]
-    settings = dict(
-        guidance_scale=args.cfg,
-        num_inference_steps=args.steps,
-        sampler=args.sampler,
-        timestep_shift=args.shift,
-        guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
-        height=args.height,
-        width=args.width,
-    )
+    settings = dict(given, height=args.height, width=args.width)
     images, written = [], []
     start_time = time.perf_counter()
     for start, batch in generate(pipe, ids, seeds, args.batch_size, **settings):
@@ -72,11 +66,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="pipeline directory (or hub id when online)")
     p.add_argument("--class-labels", nargs="+", required=True, help="class ids or names")
     p.add_argument("--per-label", type=int, default=1, help="images per label (one grid row each)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale")
-    p.add_argument("--steps", type=int, default=None, help="integration steps")
-    p.add_argument("--sampler", choices=["euler", "heun", "sde"], default=None)
-    p.add_argument("--shift", type=float, default=None, help="timestep shift s (LightningDiT: 0.3)")
-    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None)
     p.add_argument("--height", type=int, default=None, help="pixels; default: the training size")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
@@ -84,6 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     p.add_argument("--out", default="samples")
+    add_sampling_flags(p)
     return p.parse_args(argv)
 
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, peak_tensor_mib, time_round_robin  # noqa: E402
+from common import markdown_table, peak_tensor_mib, time_round_robin
 
-from flashdit import FlashDiTTransformer2DModel  # noqa: E402
-from flashdit.models.mixer import IwinMixer, WindowAttention  # noqa: E402
+from flashdit import FlashDiTTransformer2DModel
+from flashdit.models.mixer import IwinMixer, WindowAttention
 
 MIXERS = {
     "global": lambda d, h, m: WindowAttention(d, h, window_size=None),

@@ -17,10 +17,10 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, time_round_robin  # noqa: E402
+from common import markdown_table, time_round_robin
 
-from flashdit import FlashDiTTransformer2DModel  # noqa: E402
-from flashdit.pipeline import FlashDiTPipeline  # noqa: E402
+from flashdit import FlashDiTTransformer2DModel
+from flashdit.pipeline import FlashDiTPipeline
 
 VARIANTS = {
     "euler, cfg all t": dict(sampler="euler", guidance_interval=(0.0, 1.0)),

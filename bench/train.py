@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, time_round_robin  # noqa: E402
+from common import markdown_table, time_round_robin
 
-from flashdit import flow  # noqa: E402
-from flashdit.config import load_config  # noqa: E402
-from flashdit.training import build_model  # noqa: E402
+from flashdit import flow
+from flashdit.config import load_config
+from flashdit.training import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ["model.mixer=attention", "model.kernel_size=null", "model.pos_embed=sincos"]
@@ -58,12 +58,18 @@ def main(args) -> None:
     latent_info = dict(channels=4, size=32, num_classes=1000)
     cases = {
         ("quickstart", "iwin"): (quick.model, fm_info, args.quick_batch),
-        ("quickstart", "attention"): (load_config(ROOT / "configs" / "fashion_mnist_attention.yaml").model, fm_info,
-                                      args.quick_batch),
+        ("quickstart", "attention"): (
+            load_config(ROOT / "configs" / "fashion_mnist_attention.yaml").model,
+            fm_info,
+            args.quick_batch,
+        ),
         ("FlashDiT-S/2 256px", "iwin"): (s2.model, latent_info, args.s2_batch),
-        ("FlashDiT-S/2 256px", "attention"): (load_config(None, ["model.size=FlashDiT-S/2", *BASELINE]).model,
-                                              latent_info, args.s2_batch),
-    }  # fmt: skip
+        ("FlashDiT-S/2 256px", "attention"): (
+            load_config(None, ["model.size=FlashDiT-S/2", *BASELINE]).model,
+            latent_info,
+            args.s2_batch,
+        ),
+    }
     print(f"# device={device} threads={torch.get_num_threads()} torch={torch.__version__} fp32")
     print(f"# median of >= {args.repeats} round-robin steps per model (>= {args.min_seconds} s each)\n")
     rows = []
@@ -76,10 +82,17 @@ def main(args) -> None:
             batch[mixer] = b
         t = time_round_robin(steps, args.repeats, min_seconds=args.min_seconds)
         for mixer in ("iwin", "attention"):
-            rows.append([
-                model_name, mixer, f"{params[mixer] / 1e6:.2f}M", str(batch[mixer]), f"{t[mixer]:.3f}",
-                f"{batch[mixer] / t[mixer]:.1f}", f"{t['attention'] / t[mixer]:.2f}x",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    model_name,
+                    mixer,
+                    f"{params[mixer] / 1e6:.2f}M",
+                    str(batch[mixer]),
+                    f"{t[mixer]:.3f}",
+                    f"{batch[mixer] / t[mixer]:.1f}",
+                    f"{t['attention'] / t[mixer]:.2f}x",
+                ]
+            )
         print(f"  {model_name}: " + ", ".join(f"{m} {batch[m] / s:.1f} img/s" for m, s in t.items()), flush=True)
     print()
     print(markdown_table(["model", "mixer", "params", "batch", "step s", "images/s", "speed vs attention"], rows))

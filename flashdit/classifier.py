@@ -30,10 +30,17 @@ class SmallCNN(nn.Module):
             return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
         self.features = nn.Sequential(
-            *stage(in_channels, 32), *stage(32, 32), nn.MaxPool2d(2),
-            *stage(32, 64), *stage(64, 64), nn.MaxPool2d(2),
-            *stage(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
-        )  # fmt: skip
+            *stage(in_channels, 32),
+            *stage(32, 32),
+            nn.MaxPool2d(2),
+            *stage(32, 64),
+            *stage(64, 64),
+            nn.MaxPool2d(2),
+            *stage(64, 128),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(0.2),
+        )
         self.head = nn.Linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,9 +60,14 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.n
 
 
 def train_classifier(
-    images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int = 2, batch_size: int = 128,
-    lr: float = 2e-3, seed: int = 0,
-) -> SmallCNN:  # fmt: skip
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    epochs: int = 2,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> SmallCNN:
     """Train the recipe on uint8 ``(N, H, W, C)`` images."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

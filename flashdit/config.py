@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from .models.transformer import CONV_INITS, MIXERS, MODULATIONS, POS_EMBEDS
+from .settings import SamplingSettings
 
 
 @dataclass
@@ -90,14 +91,10 @@ class TrainConfig:
 
 
 @dataclass
-class SampleConfig:
-    """Periodic sample grids during training and the exported pipeline's defaults."""
+class SampleConfig(SamplingSettings):
+    """The sampling settings (stored with the exported pipeline and used for the periodic grids), plus the
+    grid's layout."""
 
-    guidance_scale: float = 1.0
-    num_inference_steps: int = 50
-    sampler: Literal["euler", "heun", "sde"] = "euler"
-    timestep_shift: float = 1.0
-    guidance_interval: tuple[float, float] = (0.0, 1.0)
     per_class: int = 8
     classes: list[int] | None = None  # rows of the sample grid; default: the first 10 classes
 
@@ -177,7 +174,12 @@ def from_dict(cls, values: dict | None, prefix: str = ""):
             f"unknown config key(s) {[where + k for k in unknown]}; allowed under {prefix or 'the top level'}: {names}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a dataclass's own check (__post_init__)
+        raise ConfigError(f"{prefix or 'config'}: {err}") from None
 
 
 def to_dict(config) -> dict:

@@ -27,23 +27,28 @@ from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
 from .pipeline import PIPELINE_ENTRIES, FlashDiTPipeline, export_pipeline, imagenet_id2label
 from .utils import check_output_dir, save_dir_atomically
 
-# The authors' sampling settings (Iwin repo / LightningDiT reproduction configs: Euler 250 steps, timestep shift
-# 0.3, guidance on the first three latent channels as in DiT's code; guidance from t = 0.11 (FlashDiT), 0.10
-# (LightningDiT 64 epochs) and 0.125 (LightningDiT 800 epochs)).
+# The authors' sampling settings (Iwin repo / LightningDiT reproduction configs): Euler over 250 grid points, i.e.
+# 249 steps (the official samplers count grid points, ``linspace(0, 1, 250)``), timestep shift 0.3, guidance on the
+# first three latent channels as in DiT's code, guidance from t = 0.11 (FlashDiT), 0.10 (LightningDiT 64 epochs)
+# and 0.125 (LightningDiT 800 epochs, scale 6.7).
+_OFFICIAL_SAMPLER = dict(num_inference_steps=249, sampler="euler", timestep_shift=0.3, cfg_channels=3)
 AUTHORS_SAMPLING = {
-    "flashdit": dict(guidance_scale=10.0, num_inference_steps=250, sampler="euler", timestep_shift=0.3,
-                     guidance_interval=[0.11, 1.0], cfg_channels=3),
-    "lightningdit-64": dict(guidance_scale=10.0, num_inference_steps=250, sampler="euler", timestep_shift=0.3,
-                            guidance_interval=[0.10, 1.0], cfg_channels=3),
-    "lightningdit-800": dict(guidance_scale=6.7, num_inference_steps=250, sampler="euler", timestep_shift=0.3,
-                             guidance_interval=[0.125, 1.0], cfg_channels=3),
-}  # fmt: skip
+    "flashdit": dict(_OFFICIAL_SAMPLER, guidance_scale=10.0, guidance_interval=[0.11, 1.0]),
+    "lightningdit-64": dict(_OFFICIAL_SAMPLER, guidance_scale=10.0, guidance_interval=[0.10, 1.0]),
+    "lightningdit-800": dict(_OFFICIAL_SAMPLER, guidance_scale=6.7, guidance_interval=[0.125, 1.0]),
+}
 VAVAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=32, block_out_channels=(128, 128, 256, 256, 512),
-    layers_per_block=2, norm_num_groups=32, sample_size=256, scaling_factor=1.0,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=32,
+    block_out_channels=(128, 128, 256, 256, 512),
+    layers_per_block=2,
+    norm_num_groups=32,
+    sample_size=256,
+    scaling_factor=1.0,
     down_block_types=("DownEncoderBlock2D",) * 4 + ("AttnDownEncoderBlock2D",),
     up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 4,
-)  # fmt: skip
+)
 
 
 class ConversionError(ValueError):
@@ -88,8 +93,10 @@ def _check_keys(renamed: dict, target: dict, source_name: str) -> None:
         if extra:
             lines.append(f"  source keys left over ({len(extra)}): {extra[:10]}")
         if wrong:
-            lines.append("  shape mismatches: " + ", ".join(
-                f"{k} {tuple(renamed[k].shape)} vs {tuple(target[k].shape)}" for k in wrong[:5]))  # fmt: skip
+            lines.append(
+                "  shape mismatches: "
+                + ", ".join(f"{k} {tuple(renamed[k].shape)} vs {tuple(target[k].shape)}" for k in wrong[:5])
+            )
         raise ConversionError("\n".join(lines))
 
 
@@ -121,13 +128,21 @@ def _infer_config(state: dict, kind: str, num_heads: int | None, window_size: in
             f"{kind} blocks should have {expected_ada}·D modulation, this one has {ada}·D (wo_shift?)"
         )
     config = dict(
-        patch_size=p, in_channels=C, hidden_size=D, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-        num_classes=state["y_embedder.embedding_table.weight"].shape[0] - 1, class_dropout_prob=0.1,
-        qk_norm="blocks.0.attn.q_norm.weight" in state, qkv_bias="blocks.0.attn.qkv.bias" in state,
-    )  # fmt: skip
+        patch_size=p,
+        in_channels=C,
+        hidden_size=D,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        num_classes=state["y_embedder.embedding_table.weight"].shape[0] - 1,
+        class_dropout_prob=0.1,
+        qk_norm="blocks.0.attn.q_norm.weight" in state,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+    )
     if kind == "flashdit":
-        config.update(mixer="iwin", window_size=window_size, kernel_size=3, pos_embed="none",
-                      modulation="flashdit-official")  # fmt: skip
+        config.update(
+            mixer="iwin", window_size=window_size, kernel_size=3, pos_embed="none", modulation="flashdit-official"
+        )
     else:
         config.update(mixer="attention", kernel_size=None, pos_embed="sincos+rope")
     return config
@@ -194,23 +209,28 @@ def _ldm_vae_key(key: str, num_levels: int) -> str | None:
         (
             r"^decoder\.up\.(\d+)\.block\.(\d+)\.",
             lambda m: f"decoder.up_blocks.{num_levels - 1 - int(m.group(1))}.resnets.{m.group(2)}.",
-        ),  # noqa: E501
+        ),
         (
             r"^decoder\.up\.(\d+)\.attn\.(\d+)\.",
             lambda m: f"decoder.up_blocks.{num_levels - 1 - int(m.group(1))}.attentions.{m.group(2)}.",
-        ),  # noqa: E501
+        ),
         (
             r"^decoder\.up\.(\d+)\.upsample\.conv\.",
             lambda m: f"decoder.up_blocks.{num_levels - 1 - int(m.group(1))}.upsamplers.0.conv.",
-        ),  # noqa: E501
+        ),
         (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
     ]
     for pattern, repl in rules:
         key = re.sub(pattern, repl, key)
     key = key.replace(".nin_shortcut.", ".conv_shortcut.")
     if ".attentions." in key:  # LDM attention: norm, q, k, v, proj_out (1x1 convs)
-        for old, new in ((".norm.", ".group_norm."), (".q.", ".to_q."), (".k.", ".to_k."), (".v.", ".to_v."),
-                         (".proj_out.", ".to_out.0.")):  # fmt: skip
+        for old, new in (
+            (".norm.", ".group_norm."),
+            (".q.", ".to_q."),
+            (".k.", ".to_k."),
+            (".v.", ".to_v."),
+            (".proj_out.", ".to_out.0."),
+        ):
             key = key.replace(old, new)
     return key
 
@@ -259,15 +279,20 @@ def load_latent_stats(path: str | Path) -> tuple[list[float], list[float]]:
 
 def build_pipeline(transformer, vae=None, stats=None, sampling: dict | None = None) -> FlashDiTPipeline:
     return FlashDiTPipeline(
-        transformer, FlowMatchEulerDiscreteScheduler(), vae=vae,
+        transformer,
+        FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
         id2label=imagenet_id2label() if transformer.config.num_classes == 1000 else None,
-        latents_mean=stats[0] if stats else None, latents_std=stats[1] if stats else None, sampling=sampling,
-    )  # fmt: skip
+        latents_mean=stats[0] if stats else None,
+        latents_std=stats[1] if stats else None,
+        sampling=sampling,
+    )
 
 
 def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m flashdit.convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m flashdit.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("source", choices=["flashdit", "lightningdit", "vae"])
     p.add_argument("--ckpt", required=True, help="the .pt checkpoint")
     p.add_argument("--out", required=True, help="pipeline (or, for vae, AutoencoderKL) directory to write")
@@ -284,8 +309,12 @@ def main(argv=None) -> Path:
         default=None,
         help="JSON diffusers AutoencoderKL config for an LDM VAE of another layout (default: VA-VAE f16d32)",
     )
-    p.add_argument("--ignore-prefix", action="append", default=list(VAVAE_TRAINING_ONLY),
-                   help="VAE: training-only key prefixes to drop (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--ignore-prefix",
+        action="append",
+        default=list(VAVAE_TRAINING_ONLY),
+        help="VAE: training-only key prefixes to drop (repeatable)",
+    )
     args = p.parse_args(argv)
     if args.source == "vae":  # before reading a checkpoint of gigabytes
         check_output_dir(args.out, VAE_ENTRIES, "config.json", "diffusers AutoencoderKL")
@@ -293,7 +322,6 @@ def main(argv=None) -> Path:
         check_output_dir(args.out, PIPELINE_ENTRIES, "model_index.json", "FlashDiT pipeline")
 
     import json
-
 
     vae_config = json.loads(Path(args.vae_config).read_text()) if args.vae_config else None
     if args.source == "vae":

@@ -22,8 +22,17 @@ from torch.utils.data import Dataset, Sampler
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -176,11 +185,15 @@ class LatentShardDataset(Dataset):
     def info(self) -> dict:
         m = self.meta
         return dict(
-            channels=m["latent_channels"], size=m["latent_size"], num_classes=m["num_classes"],
-            class_names=m["class_names"], vae=m["vae"], normalization=m["normalization"],
+            channels=m["latent_channels"],
+            size=m["latent_size"],
+            num_classes=m["num_classes"],
+            class_names=m["class_names"],
+            vae=m["vae"],
+            normalization=m["normalization"],
             scaling_factor=m.get("scaling_factor"),
             stats=None if self.mean is None else (self.mean.flatten().tolist(), self.std.flatten().tolist()),
-        )  # fmt: skip
+        )
 
 
 class ResumableBatchSampler(Sampler):
@@ -193,9 +206,15 @@ class ResumableBatchSampler(Sampler):
     """
 
     def __init__(
-        self, num_items: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-        random_flip: bool = False, position: int = 0,
-    ):  # fmt: skip
+        self,
+        num_items: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        random_flip: bool = False,
+        position: int = 0,
+    ):
         self.num_items, self.batch_size, self.rank, self.world_size = num_items, batch_size, rank, world_size
         self.seed, self.random_flip, self.position = seed, random_flip, position
         self.batches_per_epoch = num_items // (batch_size * world_size)

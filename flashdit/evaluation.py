@@ -21,6 +21,7 @@ from PIL import Image
 
 from .cli import run
 from .data import IMAGE_EXTS, load_idx_split, pad_images
+from .settings import SamplingSettings
 
 INCEPTION_DEFAULT = Path(os.environ.get("FLASHDIT_CACHE", Path.home() / ".cache" / "flashdit")) / (
     "inception-v3-compat-from-fid-helper.pth"
@@ -150,9 +151,12 @@ class InceptionFeatures:
         self.weights = resolve_inception_weights(weights)
         try:
             self.model = create_feature_extractor(
-                "inception-v3-compat", ["2048", "logits_unbiased"], cuda=self.device.type == "cuda",
-                feature_extractor_weights_path=str(self.weights) if self.weights else None, verbose=False,
-            )  # fmt: skip
+                "inception-v3-compat",
+                ["2048", "logits_unbiased"],
+                cuda=self.device.type == "cuda",
+                feature_extractor_weights_path=str(self.weights) if self.weights else None,
+                verbose=False,
+            )
         except Exception as err:
             if self.weights is None:
                 raise RuntimeError(
@@ -260,8 +264,9 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {err}") from None
 
 
-def load_reference(source: str | Path, inception: InceptionFeatures | None = None, limit: int | None = None,
-                   progress: bool = False) -> Reference:  # fmt: skip
+def load_reference(
+    source: str | Path, inception: InceptionFeatures | None = None, limit: int | None = None, progress: bool = False
+) -> Reference:
     """A reference from images (folder, ADM ``.npz`` images, ``fashion-mnist:test``) or from statistics
     (an ``.npz`` with ``mu``/``sigma``: ADM's reference batches, or one saved by :meth:`Reference.save`)."""
     path = Path(str(source))
@@ -333,18 +338,29 @@ def compute_metrics(
         if size < 2:
             raise ValueError(f"KID needs subsets of at least 2 samples, got {n} samples")
         kid = kid_features_to_metric(
-            pool, torch.from_numpy(reference.features).double(), kid_subsets=100, kid_subset_size=size,
-            kid_degree=3, kid_gamma=None, kid_coef0=1, rng_seed=2020, verbose=False,
-        )  # fmt: skip
+            pool,
+            torch.from_numpy(reference.features).double(),
+            kid_subsets=100,
+            kid_subset_size=size,
+            kid_degree=3,
+            kid_gamma=None,
+            kid_coef0=1,
+            rng_seed=2020,
+            verbose=False,
+        )
         out["kid_mean"], out["kid_std"] = kid["kernel_inception_distance_mean"], kid["kernel_inception_distance_std"]
         out["kid_subset_size"] = size
     if "prc" in metrics:
         if n <= 3 or len(reference.features) <= 3:
             raise ValueError("precision/recall needs more than 3 samples on each side (k=3 neighbourhoods)")
         prc = prc_features_to_metric(
-            pool.float(), torch.from_numpy(reference.features).float(), prc_neighborhood=3, prc_batch_size=10000,
-            save_cpu_ram=False, verbose=False,
-        )  # fmt: skip
+            pool.float(),
+            torch.from_numpy(reference.features).float(),
+            prc_neighborhood=3,
+            prc_batch_size=10000,
+            save_cpu_ram=False,
+            verbose=False,
+        )
         out["precision"], out["recall"] = prc["precision"], prc["recall"]
     return out
 
@@ -359,9 +375,17 @@ def balanced_labels(num_samples: int, num_classes: int) -> list[int]:
 
 
 def sample_shards(
-    pipe, out_dir: str | Path, labels: Sequence[int], seeds: Sequence[int], settings: dict, shard_size: int = 500,
-    batch_size: int = 32, inception: InceptionFeatures | None = None, state=None, progress: bool = True,
-) -> list[Path]:  # fmt: skip
+    pipe,
+    out_dir: str | Path,
+    labels: Sequence[int],
+    seeds: Sequence[int],
+    settings: dict,
+    shard_size: int = 500,
+    batch_size: int = 32,
+    inception: InceptionFeatures | None = None,
+    state=None,
+    progress: bool = True,
+) -> list[Path]:
     """Sample image ``i`` (label ``labels[i]``, seed ``seeds[i]``) into ``out_dir/shards``.
 
     Shard ``k`` (images ``k·S ... (k+1)·S - 1``) belongs to process ``k mod world``; it is written
@@ -396,9 +420,12 @@ def sample_shards(
     paths = [shard_dir / f"shard_{k:05d}.npz" for k in range(num_shards)]
     mine = [k for k in range(num_shards) if k % state.num_processes == state.process_index]
     todo = [k for k in mine if not paths[k].is_file()]
-    bar = tqdm(total=sum(min(shard_size, n - k * shard_size) for k in todo), unit="img",
-               desc=f"sample [rank {state.process_index}]",
-               disable=not (progress and state.is_local_main_process))  # fmt: skip
+    bar = tqdm(
+        total=sum(min(shard_size, n - k * shard_size) for k in todo),
+        unit="img",
+        desc=f"sample [rank {state.process_index}]",
+        disable=not (progress and state.is_local_main_process),
+    )
     call = {k: v for k, v in settings.items() if k in _PIPELINE_ARGS}
     for k in mine:
         lo, hi = k * shard_size, min((k + 1) * shard_size, n)
@@ -423,8 +450,7 @@ def sample_shards(
     return paths
 
 
-_PIPELINE_ARGS = ("guidance_scale", "num_inference_steps", "sampler", "timestep_shift", "guidance_interval",
-                  "height", "width")  # fmt: skip
+_PIPELINE_ARGS = (*SamplingSettings.names(), "height", "width")
 
 
 def collect_shards(paths: Sequence[Path], with_features: bool) -> tuple[np.ndarray, np.ndarray, dict | None]:

@@ -169,15 +169,29 @@ def main(args: argparse.Namespace) -> Path:
     mine = [k for k in range(num_shards) if k % state.num_processes == state.process_index]
     todo = [k for k in mine if not (out / names[k]).is_file()]
     if state.is_main_process:
-        check_settings(out, dict(
-            source=str(src.root.resolve()), split=args.split, vae=args.vae, vae_subfolder=args.vae_subfolder,
-            resolution=args.resolution, shard_size=S, sample_posterior=args.sample_posterior, channels=channels,
-            seed=args.seed, num_images=n,
-        ))  # fmt: skip
+        check_settings(
+            out,
+            dict(
+                source=str(src.root.resolve()),
+                split=args.split,
+                vae=args.vae,
+                vae_subfolder=args.vae_subfolder,
+                resolution=args.resolution,
+                shard_size=S,
+                sample_posterior=args.sample_posterior,
+                channels=channels,
+                seed=args.seed,
+                num_images=n,
+            ),
+        )
     state.wait_for_everyone()
     skipped = len(mine) - len(todo)
-    bar = tqdm(total=sum(min(S, n - k * S) for k in todo), unit="img", desc=f"encode [rank {state.process_index}]",
-               disable=not state.is_local_main_process)  # fmt: skip
+    bar = tqdm(
+        total=sum(min(S, n - k * S) for k in todo),
+        unit="img",
+        desc=f"encode [rank {state.process_index}]",
+        disable=not state.is_local_main_process,
+    )
     if skipped:
         bar.write(f"rank {state.process_index}: {skipped} finished shard(s) skipped")
     start = time.perf_counter()
@@ -207,11 +221,18 @@ def main(args: argparse.Namespace) -> Path:
         scaling = args.scaling_factor or (getattr(vae.config, "scaling_factor", None) if vae is not None else None)
         meta = dict(
             vae=None if vae is None else dict(source=args.vae, subfolder=args.vae_subfolder),
-            source=str(src.root), resolution=args.resolution, num_images=n, num_classes=len(src.class_names),
-            class_names=src.class_names, latent_channels=shape[1], latent_size=shape[2],
-            normalization=normalization, scaling_factor=scaling if normalization == "scaling_factor" else None,
-            shard_size=S, shards=[dict(file=f, count=c) for f, c in zip(names, counts)],
-        )  # fmt: skip
+            source=str(src.root),
+            resolution=args.resolution,
+            num_images=n,
+            num_classes=len(src.class_names),
+            class_names=src.class_names,
+            latent_channels=shape[1],
+            latent_size=shape[2],
+            normalization=normalization,
+            scaling_factor=scaling if normalization == "scaling_factor" else None,
+            shard_size=S,
+            shards=[dict(file=f, count=c) for f, c in zip(names, counts)],
+        )
         with atomic_path(out / "metadata.json") as tmp:
             tmp.write_text(json.dumps(meta, indent=1))
         print(f"{n} images -> {num_shards} shards in {out}; per-channel mean {mean.tolist()} std {std.tolist()}")
@@ -229,8 +250,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--stats-samples", type=int, default=10_000)
-    p.add_argument("--normalization", choices=["mean_std", "scaling_factor", "none"], default=None,
-                   help="how training normalises latents (default: mean_std with a VAE, none for pixels)")  # fmt: skip
+    p.add_argument(
+        "--normalization",
+        choices=["mean_std", "scaling_factor", "none"],
+        default=None,
+        help="how training normalises latents (default: mean_std with a VAE, none for pixels)",
+    )
     p.add_argument("--scaling-factor", type=float, default=None, help="default: the VAE config's")
     p.add_argument("--sample-posterior", action="store_true", help="sample the VAE posterior instead of its mode")
     p.add_argument("--pixel-channels", type=int, default=1, help="with --vae none: 1 (grey) or 3 (RGB)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t of shape (B,)) -> v
 SAMPLERS = ("euler", "heun", "sde")
@@ -178,15 +179,14 @@ def _times(x: torch.Tensor, t: float) -> torch.Tensor:
 def per_sample_noise(
     like: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None
 ) -> torch.Tensor:
-    """Standard normal noise shaped like ``like``; with one generator per sample, sample ``i`` draws
-    from ``generator[i]`` alone (on the generator's device), so it does not depend on the batch."""
+    """Standard normal noise shaped like ``like`` (diffusers' ``randn_tensor``); with one generator per sample,
+    sample ``i`` draws from ``generator[i]`` alone (on the generator's device), so it does not depend on the
+    batch."""
     if isinstance(generator, Sequence):
         if len(generator) != like.shape[0]:
             raise ValueError(f"got {len(generator)} generators for a batch of {like.shape[0]}")
-        noise = [torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype) for g in generator]
-        return torch.stack(noise).to(like.device)
-    device = generator.device if generator is not None else like.device
-    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+        generator = list(generator)
+    return randn_tensor(tuple(like.shape), generator=generator, device=like.device, dtype=like.dtype)
 
 
 def step(
@@ -216,10 +216,23 @@ def sample(
     sampler: str = "euler",
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     diffusion_norm: float = 1.0,
+    on_step: Callable[[int, float, torch.Tensor], torch.Tensor] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
-    """Integrate from ``times[0]`` to ``times[-1]`` with Euler, Heun or the SDE."""
+    """The sampler loop: integrate from ``times[0]`` to ``times[-1]`` with Euler, Heun or the SDE.
+
+    Every path samples through here: the pipeline (and so the training-time grids, ``sample.py`` and
+    ``eval_fid.py``) and the tests. ``on_step(i, t_i, x)`` runs after step ``i`` (from ``t_i``) and returns
+    the latents to continue from; ``stop()`` is checked before each step and ends the loop early.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     ts = times.tolist()
     n = len(ts) - 1
     for i in range(n):
+        if stop is not None and stop():
+            break
         x = step(sampler, v_fn, x, ts[i], ts[i + 1], generator, final=i == n - 1, diffusion_norm=diffusion_norm)
+        if on_step is not None:
+            x = on_step(i, ts[i], x)
     return x

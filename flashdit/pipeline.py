@@ -4,13 +4,10 @@ a diffusers ``AutoencoderKL`` or directly in pixel space, at any resolution the 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
@@ -18,9 +15,9 @@ from diffusers.image_processor import VaeImageProcessor
 
 from . import flow
 from .models.transformer import FlashDiTTransformer2DModel
+from .settings import NOT_GIVEN, SamplingSettings
 from .utils import DTYPES, default_device, save_dir_atomically
 
-NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()  # "take the stored value"
 MAX_SIDE = 16384  # pixels per side: larger requests fail fast instead of trying to allocate the noise
 
 
@@ -34,55 +31,7 @@ def check_side(name: str, value) -> None:
         raise ValueError(f"{name}={value} is larger than the largest supported side, {MAX_SIDE} pixels")
 
 
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """The defaults of ``FlashDiTPipeline.__call__``, in one place.
-
-    A pipeline may carry its own (``pipe.register_to_config(sampling=...)``; the checkpoint converters
-    record the authors' settings there); arguments passed to the call override both.
-
-    Attributes:
-        guidance_scale: classifier-free guidance scale (1.0 = no guidance).
-        num_inference_steps: integration steps (Heun makes two model calls per step).
-        sampler: ``"euler"``, ``"heun"`` or ``"sde"``.
-        guidance_interval: ``(low, high)``: guide only while ``low <= t <= high`` (t=0 noise, t=1 data).
-        timestep_shift: ``s`` in ``t' = s·t / (1 + (s - 1)·t)``; 1.0 is no shift.
-        cfg_channels: guide only the first N channels (DiT's quirk); None guides all.
-    """
-
-    guidance_scale: float = 1.0
-    num_inference_steps: int = 50
-    sampler: str = "euler"
-    guidance_interval: tuple[float, float] = (0.0, 1.0)
-    timestep_shift: float = 1.0
-    cfg_channels: int | None = None
-
-    def __post_init__(self):
-        def finite(name, value):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name}={value!r} must be a finite number")
-
-        finite("guidance_scale", self.guidance_scale)
-        finite("timestep_shift", self.timestep_shift)
-        if self.timestep_shift <= 0:
-            raise ValueError(f"timestep_shift={self.timestep_shift} must be positive")
-        n = self.num_inference_steps
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"num_inference_steps={n!r} must be an integer at least 1")
-        if len(self.guidance_interval) != 2:
-            raise ValueError(f"guidance_interval={self.guidance_interval!r} must be (low, high)")
-        for value in self.guidance_interval:
-            finite("guidance_interval", value)
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> SamplingDefaults:
-        values = dict(values or {})
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown sampling settings {sorted(unknown)}; allowed: {[f.name for f in fields(cls)]}")
-        if "guidance_interval" in values:
-            values["guidance_interval"] = tuple(values["guidance_interval"])
-        return cls(**values)
+SamplingDefaults = SamplingSettings  # the earlier name
 
 
 def imagenet_id2label() -> dict[int, str]:
@@ -106,7 +55,8 @@ class FlashDiTPipeline(DiffusionPipeline):
         latents_std: per-channel std of the training latents.
         scaling_factor: scalar latent scale instead (``z / scaling_factor``, SD-VAE's 0.18215); when
             neither is given, latents are decoded as they are.
-        sampling: overrides of :class:`SamplingDefaults` stored with the pipeline.
+        sampling: :class:`~flashdit.settings.SamplingSettings` values stored with the pipeline (a subset;
+            the rest take the defaults). Without any, a call samples without guidance (scale 1.0).
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -143,7 +93,7 @@ class FlashDiTPipeline(DiffusionPipeline):
             raise ValueError("give either latents_mean/latents_std or scaling_factor, not both")
         if latents_std is not None and min(latents_std) <= 0:
             raise ValueError("latents_std must be positive")
-        SamplingDefaults.from_dict(sampling)  # validate now, not at the first call
+        SamplingSettings.from_dict(sampling)  # validate now, not at the first call
         self.register_to_config(
             id2label={str(k): v for k, v in sorted(id2label.items())},
             latents_mean=list(map(float, latents_mean)) if latents_mean is not None else None,
@@ -270,15 +220,15 @@ class FlashDiTPipeline(DiffusionPipeline):
     def __call__(
         self,
         class_labels: int | str | Sequence[int | str] | torch.Tensor,
-        guidance_scale: float | None = None,
-        num_inference_steps: int | None = None,
+        guidance_scale: float | None = NOT_GIVEN,
+        num_inference_steps: int | None = NOT_GIVEN,
         height: int | None = None,
         width: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
-        guidance_interval: tuple[float, float] | None = None,
-        timestep_shift: float | None = None,
-        sampler: str | None = None,
+        guidance_interval: tuple[float, float] | None = NOT_GIVEN,
+        timestep_shift: float | None = NOT_GIVEN,
+        sampler: str | None = NOT_GIVEN,
         cfg_channels: int | None = NOT_GIVEN,
         num_images_per_prompt: int = 1,
         output_type: str = "pil",
@@ -292,7 +242,10 @@ class FlashDiTPipeline(DiffusionPipeline):
         Args:
             class_labels: class ids, class names, or a mix; one image each.
             guidance_scale, num_inference_steps, guidance_interval, timestep_shift, sampler:
-                see :class:`SamplingDefaults`; None takes the pipeline's stored value, then the default.
+                see :class:`~flashdit.settings.SamplingSettings`; left out (or None, as diffusers callers pass
+                it), the pipeline's stored value, then the default. ``num_inference_steps`` counts integration
+                steps: ``n`` steps evaluate the model on ``n + 1`` grid points' worth of intervals, so the
+                official "250 sampling steps" (250 grid points) is ``num_inference_steps=249``.
             cfg_channels: guide only the first N channels; ``None`` guides all channels, whatever the pipeline
                 stores; left out, the stored value (then all channels).
             height, width: output size in pixels, any positive multiple of VAE factor x patch size,
@@ -311,7 +264,6 @@ class FlashDiTPipeline(DiffusionPipeline):
         Returns:
             ``ImagePipelineOutput(images=...)``, or a tuple ``(images,)``.
         """
-        stored = {k: v for k, v in asdict(SamplingDefaults.from_dict(self.config.sampling)).items()}
         given = dict(
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps,
@@ -319,20 +271,17 @@ class FlashDiTPipeline(DiffusionPipeline):
             guidance_interval=guidance_interval,
             timestep_shift=timestep_shift,
         )
-        given = {k: v for k, v in given.items() if v is not None}
-        if cfg_channels is not NOT_GIVEN:  # None is a value here: guide all channels
-            given["cfg_channels"] = cfg_channels
-        settings = SamplingDefaults.from_dict({**stored, **given})
-        if settings.sampler not in flow.SAMPLERS:
-            raise ValueError(f"sampler must be one of {flow.SAMPLERS}, got {settings.sampler!r}")
+        given = {k: v for k, v in given.items() if v is not None}  # diffusers callers pass None for "default"
+        settings = SamplingSettings.from_dict(self.config.sampling).updated(**given, cfg_channels=cfg_channels)
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         self._check_scheduler()
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or (
-            num_images_per_prompt < 1
+        if (
+            isinstance(num_images_per_prompt, bool)
+            or not isinstance(num_images_per_prompt, int)
+            or (num_images_per_prompt < 1)
         ):
             raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be a positive integer")
-        flow.Guidance(settings.guidance_scale, settings.guidance_interval, settings.cfg_channels)  # validate
         self._guidance_scale, self._interrupt = settings.guidance_scale, False
         device = self._execution_device
         labels = self._label_tensor(class_labels, device).repeat_interleave(num_images_per_prompt)
@@ -352,9 +301,10 @@ class FlashDiTPipeline(DiffusionPipeline):
             raise ValueError("latents contain NaN or infinite values")
         latents = latents.to(device=device, dtype=torch.float32)
 
-        # 2. time grid (t=0 noise -> t=1 data); the scheduler steps in sigma = 1 - t
+        # 2. time grid (t=0 noise -> t=1 data); the scheduler holds it in its own terms (sigma = 1 - t)
         times = flow.time_grid(settings.num_inference_steps, settings.timestep_shift)
         self.scheduler.set_timesteps(sigmas=(1 - times[:-1]).tolist(), device=device)
+        self._num_timesteps = settings.num_inference_steps
         use_autocast = autocast and device.type == "cuda" and self.transformer.dtype == torch.float32
 
         def model(x, t, y):
@@ -365,25 +315,21 @@ class FlashDiTPipeline(DiffusionPipeline):
             guidance = flow.Guidance(self._guidance_scale, settings.guidance_interval, settings.cfg_channels)
             return guidance.velocity(model, x, t, labels, self.transformer.config.num_classes)
 
-        # 3. integrate: Euler through the scheduler, Heun and the SDE through flow.step
+        # 3. integrate with the sampler loop every path shares (flow.sample)
         names = callback_on_step_end_tensor_inputs or ["latents"]
         if set(names) - set(self._callback_tensor_inputs):
             raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}")
-        ts = times.tolist()
-        n = self._num_timesteps = len(ts) - 1
-        with self.progress_bar(total=n) as progress:
-            for i in range(n):
-                if self.interrupt:
-                    continue
-                if settings.sampler == "euler":
-                    v = velocity(latents, torch.full((B,), ts[i], device=device))
-                    latents = self.scheduler.step(-v, self.scheduler.timesteps[i], latents).prev_sample
-                else:
-                    latents = flow.step(settings.sampler, velocity, latents, ts[i], ts[i + 1], generator, i == n - 1)
+        with self.progress_bar(total=self._num_timesteps) as progress:
+
+            def on_step(i: int, t: float, x: torch.Tensor) -> torch.Tensor:
                 if callback_on_step_end is not None:
-                    out = callback_on_step_end(self, i, ts[i], {"latents": latents})
-                    latents = out.pop("latents", latents)
+                    x = callback_on_step_end(self, i, t, {"latents": x}).pop("latents", x)
                 progress.update()
+                return x
+
+            latents = flow.sample(
+                velocity, latents, times, settings.sampler, generator, on_step=on_step, stop=lambda: self.interrupt
+            )
 
         # 4. decode
         if output_type == "latent":

@@ -1,10 +1,9 @@
-"""Training with Hugging Face Accelerate: data, model, EMA, the flow-matching step, atomic resumable
-checkpoints, periodic EMA sample grids, and export of the EMA weights as a ``FlashDiTPipeline``.
+"""Training with Hugging Face Accelerate: data, model, EMA, the flow-matching step, periodic EMA sample
+grids, and export of the EMA weights as a ``FlashDiTPipeline``. Checkpoints and the metrics log are
+:mod:`flashdit.checkpoint`'s.
 
-A checkpoint ``checkpoints/step_0001000/`` holds ``model.safetensors``, ``ema.safetensors``,
-``optimizer.pt`` / ``scheduler.pt`` (read back with ``weights_only=True``), ``rng_rank{r}.pt`` per
-process and ``state.json``. It is written under a temporary name and renamed when complete, so a
-crash mid-write leaves the previous checkpoint as the newest complete one.
+``train_step`` is the one optimizer step: the loop below, the benchmarks (``make_train_step``) and the
+study all run it.
 """
 
 from __future__ import annotations
@@ -12,11 +11,9 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import random
-import re
-import shutil
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +22,30 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from diffusers.optimization import get_scheduler
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import flow
-from .config import ExperimentConfig, ModelConfig, to_dict
+from .checkpoint import (
+    check_checkpoint,
+    find_resume_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    trim_metrics,
+)
+from .config import ExperimentConfig, ModelConfig, TrainConfig, to_dict
 from .data import LatentShardDataset, ResumableBatchSampler, fashion_mnist
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
 from .pipeline import FlashDiTPipeline, export_pipeline
 from .utils import atomic_path, image_grid, save_image
 
-CHECKPOINT_PREFIX = "step_"
-CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}\d+")
+# train.lr_schedule -> diffusers.optimization.get_scheduler's name (linear warm-up from 0 over warmup_steps)
+LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -95,8 +102,18 @@ def build_model(cfg: ModelConfig, info: dict) -> FlashDiTTransformer2DModel:
                 f"remove model.{key} to take it from the data"
             )
         kwargs[key] = info[data_key]
-    for key in ("mlp_ratio", "class_dropout_prob", "mixer", "window_size", "kernel_size", "pos_embed", "qk_norm",
-                "qkv_bias", "modulation", "conv_init"):
+    for key in (
+        "mlp_ratio",
+        "class_dropout_prob",
+        "mixer",
+        "window_size",
+        "kernel_size",
+        "pos_embed",
+        "qk_norm",
+        "qkv_bias",
+        "modulation",
+        "conv_init",
+    ):
         kwargs[key] = getattr(cfg, key)
     return FlashDiTTransformer2DModel(**kwargs)
 
@@ -110,15 +127,6 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
-
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "cosine":
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return 1.0
 
 
 def check_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm: torch.Tensor, step: int, output_dir) -> None:
@@ -135,117 +143,80 @@ def check_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm: torch.
         )
 
 
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig):
+    """diffusers' learning-rate schedule ``t.lr_schedule`` with ``t.warmup_steps`` of linear warm-up."""
+    return get_scheduler(
+        LR_SCHEDULES[t.lr_schedule], optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps
+    )
+
+
+@dataclass
+class TrainState:
+    """What a step changes. ``accelerator`` None runs plain PyTorch on the model's device (benchmarks)."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    accelerator: Accelerator | None = None
+    step: int = 0
+    params: list = field(init=False)
+
+    def __post_init__(self):
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    @classmethod
+    def create(cls, cfg: ExperimentConfig, info: dict) -> TrainState:
+        """A fresh model (seeded by the caller), its EMA copy, AdamW and the LR schedule."""
+        t = cfg.train
+        model = build_model(cfg.model, info)
+        if t.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        ema = copy.deepcopy(model).requires_grad_(False).eval()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        return cls(model, ema, optimizer, build_lr_scheduler(optimizer, t))
+
+
+def train_step(state: TrainState, micro_batches, cfg: ExperimentConfig, output_dir: Path | None = None):
+    """One optimizer step over ``grad_accum_steps`` micro-batches ``(x1, y)``: noise and times, the flow loss,
+    backward, the gradient norm (clipped at ``max_grad_norm``), the finiteness guard (with an accelerator),
+    AdamW, the LR schedule and the EMA. Returns ``(loss, terms, grad_norm)`` of the last micro-batch as tensors:
+    nothing is read back to the host here except the guard's one check."""
+    acc, t = state.accelerator, cfg.train
+    for x1, y in micro_batches:
+        with acc.accumulate(state.model) if acc else nullcontext():
+            x0 = torch.randn_like(x1)
+            tt = flow.sample_t(x1.shape[0], cfg.flow.t_sampling, cfg.flow.t_mean, cfg.flow.t_std, x1.device)
+            with acc.autocast() if acc else nullcontext():
+                v = state.model(flow.interpolate(x1, x0, tt), tt, y).sample
+            loss, terms = flow.flow_loss(v, flow.velocity_target(x1, x0), cfg.flow.cosine_weight)
+            loss = loss.mean()
+            acc.backward(loss) if acc else loss.backward()
+            if acc is None or acc.sync_gradients:
+                # without clipping, an infinite threshold still measures the norm (logged, and checked)
+                clip = acc.clip_grad_norm_ if acc else torch.nn.utils.clip_grad_norm_
+                grad_norm = clip(state.params, t.max_grad_norm or math.inf)
+                if acc is not None:
+                    check_finite(acc, loss, grad_norm, state.step + 1, output_dir)
+            state.optimizer.step()
+            state.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.scheduler.step()
+    model = acc.unwrap_model(state.model) if acc else state.model
+    ema_update(state.ema, model, ema_decay_at(state.step, t.ema_decay, t.ema_warmup))
+    return loss, terms, grad_norm
+
+
 def make_train_step(cfg: ExperimentConfig, info: dict, device: torch.device, seed: int = 0):
-    """One full optimizer step of ``cfg`` on a fixed random batch, as a closure, for benchmarks and cost
-    measurements: t and noise, forward, flow loss, backward, clipping, AdamW, EMA update."""
+    """``train_step`` of ``cfg`` on a fixed random batch, as a closure, for benchmarks and cost measurements."""
     t = cfg.train
     torch.manual_seed(seed)
-    model = build_model(cfg.model, info).to(device).train()
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    state = TrainState.create(cfg, info)
+    state.model.to(device).train()
+    state.ema.to(device)
     x1 = torch.randn(t.global_batch_size, info["channels"], info["size"], info["size"], device=device)
     y = torch.randint(0, info["num_classes"], (t.global_batch_size,), device=device)
-
-    def step():
-        x0 = torch.randn_like(x1)
-        tt = flow.sample_t(x1.shape[0], cfg.flow.t_sampling, cfg.flow.t_mean, cfg.flow.t_std, device)
-        v = model(flow.interpolate(x1, x0, tt), tt, y).sample
-        loss, _ = flow.flow_loss(v, flow.velocity_target(x1, x0), cfg.flow.cosine_weight)
-        loss.mean().backward()
-        if t.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema_update(ema, model, t.ema_decay)
-
-    return step
-
-
-# --------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary, unfinished ones are ignored)."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)]  # not step_1_backup
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-
-
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, model, ema, optimizer, scheduler,
-                    state: dict, keep: int) -> Path:  # fmt: skip
-    """Write every process's part under a temporary name, then rename it complete (main process)."""
-    root = output_dir / "checkpoints"
-    final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
-    tmp = root / f".tmp_{CHECKPOINT_PREFIX}{step:07d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(_rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        save_file(accelerator.unwrap_model(model).state_dict(), tmp / "model.safetensors")
-        save_file(ema.state_dict(), tmp / "ema.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "num_processes": accelerator.num_processes}))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _check_checkpoint(path: Path) -> None:
-    needed = ["model.safetensors", "ema.safetensors", "optimizer.pt", "scheduler.pt", "state.json"]
-    missing = [n for n in needed if not (path / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {missing}")
-
-
-def load_checkpoint(accelerator: Accelerator, path: Path, model, ema, optimizer, scheduler) -> dict:
-    """Load states in place; returns ``state.json`` plus this process's RNG states under ``"rng"``
-    (restored by the caller once nothing else will draw from the generators before the next step)."""
-    _check_checkpoint(path)
-    try:
-        accelerator.unwrap_model(model).load_state_dict(load_file(path / "model.safetensors"))
-        ema.load_state_dict(load_file(path / "ema.safetensors"))
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        state = json.loads((path / "state.json").read_text())
-    except (RuntimeError, OSError, ValueError, SafetensorError) as err:
-        raise RuntimeError(f"checkpoint {path} could not be read ({err}); it may be corrupted") from err
-    rng = path / f"rng_rank{accelerator.process_index}.pt"
-    if state.get("num_processes") == accelerator.num_processes and rng.is_file():
-        state["rng"] = torch.load(rng, weights_only=True)
-    else:
-        accelerator.print(f"note: {path} was written by {state.get('num_processes')} processes; RNG streams restart")
-    return state
+    return lambda: train_step(state, [(x1, y)], cfg)
 
 
 def check_run_settings(cfg: ExperimentConfig) -> None:
@@ -260,35 +231,7 @@ def check_run_settings(cfg: ExperimentConfig) -> None:
         raise ValueError(f"train.max_steps={t.max_steps} must be positive")
 
 
-def find_resume_checkpoint(output_dir: Path, resume: str | bool | None) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run. A fresh run refuses an output directory that
-    already holds a run, and a resume refuses to start below newer checkpoints (it would prune them)."""
-    found = list_checkpoints(output_dir)
-    if not resume:
-        if found or (output_dir / "metrics.jsonl").is_file():
-            held = found[-1].name if found else "metrics.jsonl"
-            raise ValueError(
-                f"train.output_dir {output_dir} already holds a run ({held}); continue it with --resume, or "
-                "choose another --output-dir"
-            )
-        return None
-    checkpoint = Path(resume) if isinstance(resume, str) else (found[-1] if found else None)
-    if checkpoint is None:
-        return None
-    if not checkpoint.is_dir():
-        raise ValueError(f"--resume {checkpoint}: no such checkpoint directory")
-    if CHECKPOINT_NAME.fullmatch(checkpoint.name):
-        start = int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
-        newer = [p.name for p in found if int(p.name[len(CHECKPOINT_PREFIX) :]) > start]
-        if newer:
-            raise ValueError(
-                f"--resume {checkpoint}: {output_dir / 'checkpoints'} holds newer checkpoints {newer}, which the "
-                "resumed run would overwrite or prune; move them elsewhere first, or resume from the newest"
-            )
-    return checkpoint
-
-
-def apply_optimizer_settings(accelerator: Accelerator, optimizer, scheduler, t, step: int) -> None:
+def apply_optimizer_settings(accelerator: Accelerator, optimizer, scheduler, t: TrainConfig, step: int) -> None:
     """A resumed run takes lr, betas and weight decay from the config, not from the checkpoint (the schedule
     is always the config's): a changed value applies from the resumed step on, and is announced."""
     changed = []
@@ -300,24 +243,9 @@ def apply_optimizer_settings(accelerator: Accelerator, optimizer, scheduler, t, 
                 group[key] = value
     if changed:
         scheduler.base_lrs = [t.lr for _ in optimizer.param_groups]
-        for group in optimizer.param_groups:
-            group["lr"] = t.lr * lr_factor(step, t.warmup_steps, t.max_steps, t.lr_schedule)
+        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+            group["lr"] = t.lr * factor(step)
         accelerator.print(f"note: the config changes {', '.join(dict.fromkeys(changed))}: applied from step {step}")
-
-
-def trim_metrics(path: Path, step: int) -> None:
-    """Drop the log lines a resumed run will write again, and any partial line a crash left."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in kept))
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,11 +253,11 @@ def trim_metrics(path: Path, step: int) -> None:
 
 
 def make_pipeline(transformer, info: dict, cfg: ExperimentConfig, vae=None) -> FlashDiTPipeline:
-    """A pipeline around ``transformer`` with the data's VAE, latent statistics and class names."""
+    """A pipeline around ``transformer`` with the data's VAE, latent statistics, class names and the
+    config's sampling settings."""
     if info.get("vae") and vae is None:
         vae = AutoencoderKL.from_pretrained(info["vae"]["source"], subfolder=info["vae"].get("subfolder"))
     stats = info.get("stats")
-    s = cfg.sample
     return FlashDiTPipeline(
         transformer,
         FlowMatchEulerDiscreteScheduler(),
@@ -338,11 +266,8 @@ def make_pipeline(transformer, info: dict, cfg: ExperimentConfig, vae=None) -> F
         latents_mean=stats[0] if stats else None,
         latents_std=stats[1] if stats else None,
         scaling_factor=info.get("scaling_factor") if info.get("normalization") == "scaling_factor" else None,
-        sampling=dict(
-            guidance_scale=s.guidance_scale, num_inference_steps=s.num_inference_steps, sampler=s.sampler,
-            timestep_shift=s.timestep_shift, guidance_interval=list(s.guidance_interval),
-        ),
-    )  # fmt: skip
+        sampling=cfg.sample.to_dict(),
+    )
 
 
 def sample_grid(pipe: FlashDiTPipeline, cfg: ExperimentConfig, num_classes: int):
@@ -360,7 +285,8 @@ def sample_grid(pipe: FlashDiTPipeline, cfg: ExperimentConfig, num_classes: int)
 
 
 def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
-    """Train; returns the exported pipeline directory. ``resume=True`` picks the newest complete checkpoint."""
+    """Train; returns the exported pipeline directory (or, after ``train.stop_after``, the checkpoint).
+    ``resume=True`` picks the newest complete checkpoint."""
     t = cfg.train
     output_dir = Path(t.output_dir)
     check_run_settings(cfg)  # before any set-up: a bad value fails at once
@@ -372,6 +298,69 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
         log_with=t.trackers or None,
         project_dir=t.output_dir,
     )
+    state, info, batches = setup_run(cfg, accelerator, checkpoint, resume)
+    bar = tqdm(total=t.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
+    meter = Throughput()
+    while state.step < t.max_steps:
+        state.model.train()
+        device = accelerator.device
+        micro = (
+            (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            for x, y in (next(batches) for _ in range(t.grad_accum_steps))
+        )
+        loss, terms, grad_norm = train_step(state, micro, cfg, output_dir)
+        meter.add(t.global_batch_size)
+        step = state.step
+        if step % t.log_every == 0 or step == t.max_steps:
+            logs = log_step(accelerator, output_dir, state, loss, terms, grad_norm, meter.rate())
+            bar.set_postfix(
+                loss=f"{logs['loss']:.4f}",
+                gnorm=f"{logs['grad_norm']:.2f}",
+                lr=f"{logs['lr']:.2e}",
+                img_s=f"{logs['images_per_sec']:.0f}",
+            )
+        bar.update()
+        stopping = t.stop_after is not None and step >= t.stop_after
+        if step % t.checkpoint_every == 0 or step == t.max_steps or stopping:
+            run_state = {
+                "step": step,
+                "global_batch_size": t.global_batch_size,
+                "micro_batches": step * t.grad_accum_steps,
+            }
+            save_checkpoint(
+                accelerator,
+                output_dir,
+                step,
+                state.model,
+                state.ema,
+                state.optimizer,
+                state.scheduler,
+                run_state,
+                t.keep_checkpoints,
+            )
+        if t.sample_every and (step % t.sample_every == 0 or step == t.max_steps) and accelerator.is_main_process:
+            write_sample_grid(accelerator, make_pipeline(state.ema, info, cfg), cfg, info, output_dir, step)
+        if stopping:
+            bar.close()
+            accelerator.print(f"stopped at step {step} (train.stop_after); resume with --resume")
+            accelerator.end_training()
+            return list_checkpoints(output_dir)[-1]
+    bar.close()
+
+    # export the EMA weights
+    accelerator.wait_for_everyone()
+    out = output_dir / "pipeline"
+    if accelerator.is_main_process:
+        export_pipeline(make_pipeline(state.ema, info, cfg), out)
+        accelerator.print(f"exported the EMA pipeline to {out}")
+    accelerator.end_training()
+    return out
+
+
+def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path | None, resume):
+    """Data, model, EMA, optimiser and schedule, restored from ``checkpoint`` when given; the run's
+    ``config.yaml`` and trackers. Returns ``(state, data info, micro-batch iterator)``."""
+    t, output_dir = cfg.train, Path(cfg.train.output_dir)
     world = accelerator.num_processes
     if t.global_batch_size % (world * t.grad_accum_steps):
         raise ValueError(
@@ -380,49 +369,45 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
         )
     micro_batch = t.global_batch_size // (world * t.grad_accum_steps)
     set_seed(t.seed, device_specific=True)
-
-    # 1. data, model, EMA, optimiser
     dataset = build_dataset(cfg)
     info = dataset.info
-    model = build_model(cfg.model, info)
-    if t.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.lr_schedule)
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    ema.to(accelerator.device)
+    state = TrainState.create(cfg, info)
+    state.model, state.optimizer = accelerator.prepare(state.model, state.optimizer)
+    state.accelerator = accelerator
+    state.params = [p for p in state.model.parameters() if p.requires_grad]
+    state.ema.to(accelerator.device)
     if t.compile:
-        accelerator.unwrap_model(model).compile(dynamic=False)
+        accelerator.unwrap_model(state.model).compile(dynamic=False)
 
-    # 2. resume
-    step, state = 0, {}
+    restored = {}
     if resume and checkpoint is None:
         accelerator.print(f"no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
     if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint, model, ema, optimizer, scheduler)
-        if state["global_batch_size"] != t.global_batch_size:
+        restored = load_checkpoint(accelerator, checkpoint, state.model, state.ema, state.optimizer, state.scheduler)
+        if restored["global_batch_size"] != t.global_batch_size:
             raise ValueError(
-                f"{checkpoint} was trained with global batch {state['global_batch_size']}, this run uses "
+                f"{checkpoint} was trained with global batch {restored['global_batch_size']}, this run uses "
                 f"{t.global_batch_size}; the data order would not continue"
             )
-        step = state["step"]
-        apply_optimizer_settings(accelerator, optimizer, scheduler, t, step)
+        state.step = restored["step"]
+        apply_optimizer_settings(accelerator, state.optimizer, state.scheduler, t, state.step)
         if accelerator.is_main_process:
-            trim_metrics(output_dir / "metrics.jsonl", step)
-        accelerator.print(f"resumed from {checkpoint} at step {step}")
+            trim_metrics(output_dir / "metrics.jsonl", state.step)
+        accelerator.print(f"resumed from {checkpoint} at step {state.step}")
     sampler = ResumableBatchSampler(
-        len(dataset), micro_batch, accelerator.process_index, world, t.seed, cfg.data.random_flip,
-        position=step * t.grad_accum_steps,
-    )  # fmt: skip
-    loader = DataLoader(
-        dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, pin_memory=accelerator.device.type == "cuda"
+        len(dataset),
+        micro_batch,
+        accelerator.process_index,
+        world,
+        t.seed,
+        cfg.data.random_flip,
+        position=state.step * t.grad_accum_steps,
     )
+    pin = accelerator.device.type == "cuda"
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, pin_memory=pin)
     batches = iter(loader)  # creating the iterator draws from the global RNG: restore it afterwards
-    if checkpoint is not None and "rng" in state:
-        _set_rng_state(state["rng"])
+    if "rng" in restored:
+        set_rng_state(restored["rng"])
 
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -430,93 +415,58 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
             tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if t.trackers:
         accelerator.init_trackers("flashdit", config=_flat(to_dict(cfg)))
+    return state, info, batches
 
-    # 3. loop
-    params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(total=t.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
-    window_start, window_images, grad_norm = time.perf_counter(), 0, torch.tensor(0.0)
-    while step < t.max_steps:
-        model.train()
-        for _ in range(t.grad_accum_steps):
-            x1, y = next(batches)
-            x1, y = x1.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
-            with accelerator.accumulate(model):
-                x0 = torch.randn_like(x1)
-                tt = flow.sample_t(x1.shape[0], cfg.flow.t_sampling, cfg.flow.t_mean, cfg.flow.t_std, x1.device)
-                with accelerator.autocast():
-                    v = model(flow.interpolate(x1, x0, tt), tt, y).sample
-                loss, terms = flow.flow_loss(v, flow.velocity_target(x1, x0), cfg.flow.cosine_weight)
-                loss = loss.mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    # without clipping, an infinite threshold still measures the norm (logged, and checked)
-                    grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm or math.inf)
-                    check_finite(accelerator, loss, grad_norm, step + 1, output_dir)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        step += 1
-        scheduler.step()
-        ema_update(ema, accelerator.unwrap_model(model), ema_decay_at(step, t.ema_decay, t.ema_warmup))
-        window_images += t.global_batch_size
 
-        if step % t.log_every == 0 or step == t.max_steps:
-            mean_loss = accelerator.reduce(loss.detach(), "mean").item()
-            elapsed = time.perf_counter() - window_start
-            logs = {
-                "loss": mean_loss,
-                "mse": accelerator.reduce(terms["mse"].mean().detach(), "mean").item(),
-                "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
-                "images_per_sec": window_images / max(elapsed, 1e-9),
-            }
-            if "cos" in terms:
-                logs["cos"] = accelerator.reduce(terms["cos"].mean().detach(), "mean").item()
-            accelerator.log(logs, step=step)
-            if accelerator.is_main_process:
-                with open(output_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, **logs}) + "\n")
-            bar.set_postfix(
-                loss=f"{mean_loss:.4f}", gnorm=f"{float(grad_norm):.2f}", lr=f"{logs['lr']:.2e}",
-                img_s=f"{logs['images_per_sec']:.0f}",
-            )
-            window_start, window_images = time.perf_counter(), 0
-        bar.update()
+class Throughput:
+    """Images per second since the last ``rate()``."""
 
-        stopping = t.stop_after is not None and step >= t.stop_after
-        if step % t.checkpoint_every == 0 or step == t.max_steps or stopping:
-            state = {
-                "step": step,
-                "global_batch_size": t.global_batch_size,
-                "micro_batches": step * t.grad_accum_steps,
-            }
-            save_checkpoint(accelerator, output_dir, step, model, ema, optimizer, scheduler, state, t.keep_checkpoints)
-        if t.sample_every and (step % t.sample_every == 0 or step == t.max_steps) and accelerator.is_main_process:
-            grid = sample_grid(make_pipeline(ema, info, cfg), cfg, info["num_classes"])
-            save_image(grid, output_dir / "samples" / f"step_{step:07d}.png")
-            for tracker in accelerator.trackers:
-                if tracker.name == "tensorboard":
-                    tracker.log_images({"samples": np.asarray(grid.convert("RGB"))}, step=step, dataformats="HWC")
-        if stopping:
-            bar.close()
-            accelerator.print(f"stopped at step {step} (train.stop_after); resume with --resume")
-            accelerator.end_training()
-            return list_checkpoints(output_dir)[-1]
-    bar.close()
+    def __init__(self):
+        self.start, self.images = time.perf_counter(), 0
 
-    # 4. export the EMA weights
-    accelerator.wait_for_everyone()
-    out = output_dir / "pipeline"
+    def add(self, n: int) -> None:
+        self.images += n
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        rate = self.images / max(now - self.start, 1e-9)
+        self.start, self.images = now, 0
+        return rate
+
+
+def log_step(
+    accelerator: Accelerator, output_dir: Path, state: TrainState, loss, terms, grad_norm, images_per_sec: float
+) -> dict:
+    """Reduce over processes, read back to the host (only here, at log steps), and write to the trackers and
+    ``metrics.jsonl``."""
+    logs = {
+        "loss": accelerator.reduce(loss.detach(), "mean").item(),
+        "mse": accelerator.reduce(terms["mse"].mean().detach(), "mean").item(),
+        "grad_norm": float(grad_norm),
+        "lr": state.scheduler.get_last_lr()[0],
+        "images_per_sec": images_per_sec,
+    }
+    if "cos" in terms:
+        logs["cos"] = accelerator.reduce(terms["cos"].mean().detach(), "mean").item()
+    accelerator.log(logs, step=state.step)
     if accelerator.is_main_process:
-        export_pipeline(make_pipeline(ema, info, cfg), out)
-        accelerator.print(f"exported the EMA pipeline to {out}")
-    accelerator.end_training()
-    return out
+        with open(output_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": state.step, **logs}) + "\n")
+    return logs
+
+
+def write_sample_grid(accelerator, pipe, cfg: ExperimentConfig, info: dict, output_dir: Path, step: int) -> None:
+    grid = sample_grid(pipe, cfg, info["num_classes"])
+    save_image(grid, output_dir / "samples" / f"step_{step:07d}.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({"samples": np.asarray(grid.convert("RGB"))}, step=step, dataformats="HWC")
 
 
 def export_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Export a checkpoint's EMA weights as a pipeline directory (no training)."""
     checkpoint = Path(checkpoint)
-    _check_checkpoint(checkpoint)
+    check_checkpoint(checkpoint)
     info = build_dataset(cfg).info
     model = build_model(cfg.model, info)
     try:

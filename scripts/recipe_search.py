@@ -39,13 +39,30 @@ ROOT = Path(__file__).resolve().parent.parent
 # The quickstart recipe before the search (configs/fashion_mnist.yaml as it was), cosine term off: on one
 # grey channel it is inert (flow.flow_loss refuses it).
 BASE = {
-    "model.size": None, "model.patch_size": 2, "model.hidden_size": 128, "model.depth": 4, "model.num_heads": 2,
-    "model.mixer": "iwin", "model.window_size": 4, "model.kernel_size": 3, "model.pos_embed": "none",
-    "model.conv_init": "pytorch", "flow.t_sampling": "logit_normal", "flow.cosine_weight": 0.0,
-    "data.kind": "fashion_mnist", "data.pad_to": 32, "data.random_flip": True,
-    "train.global_batch_size": 64, "train.lr": 1.0e-3, "train.betas": [0.9, 0.99], "train.warmup_steps": 100,
-    "train.lr_schedule": "cosine", "train.max_grad_norm": 1.0, "train.ema_decay": 0.999, "train.ema_warmup": True,
-}  # fmt: skip
+    "model.size": None,
+    "model.patch_size": 2,
+    "model.hidden_size": 128,
+    "model.depth": 4,
+    "model.num_heads": 2,
+    "model.mixer": "iwin",
+    "model.window_size": 4,
+    "model.kernel_size": 3,
+    "model.pos_embed": "none",
+    "model.conv_init": "pytorch",
+    "flow.t_sampling": "logit_normal",
+    "flow.cosine_weight": 0.0,
+    "data.kind": "fashion_mnist",
+    "data.pad_to": 32,
+    "data.random_flip": True,
+    "train.global_batch_size": 64,
+    "train.lr": 1.0e-3,
+    "train.betas": [0.9, 0.99],
+    "train.warmup_steps": 100,
+    "train.lr_schedule": "cosine",
+    "train.max_grad_norm": 1.0,
+    "train.ema_decay": 0.999,
+    "train.ema_warmup": True,
+}
 
 # One change at a time from BASE; the first option of each group is BASE itself.
 GEOMETRIES = {
@@ -75,18 +92,26 @@ ATTENTION = {"model.mixer": "attention", "model.kernel_size": None, "model.pos_e
 # official DWConv init), then the winner trains at full length as the quickstart (configs/fashion_mnist.yaml).
 CPU_PROXIES = {
     "cpu-w128-d4-win8-bs32": {"model.window_size": 8, "train.global_batch_size": 32},
-    "cpu-w96-d8-win8-bs32": {"model.hidden_size": 96, "model.depth": 8, "model.window_size": 8,
-                             "train.global_batch_size": 32},
-    "cpu-w128-d4-win8-bs32-xavier": {"model.window_size": 8, "train.global_batch_size": 32,
-                                     "model.conv_init": "xavier"},
-}  # fmt: skip
+    "cpu-w96-d8-win8-bs32": {
+        "model.hidden_size": 96,
+        "model.depth": 8,
+        "model.window_size": 8,
+        "train.global_batch_size": 32,
+    },
+    "cpu-w128-d4-win8-bs32-xavier": {
+        "model.window_size": 8,
+        "train.global_batch_size": 32,
+        "model.conv_init": "xavier",
+    },
+}
 BUDGET_MINUTES = {"proxy": 10.0, "cpu-proxy": 4.0, "full": 30.0, "long": 120.0}
 # start-up, sample grids and export inside the budget
 RESERVE_MINUTES = {"proxy": 0.0, "cpu-proxy": 0.0, "full": 2.0, "long": 3.0}
 
 PROXY_SWEEP = [dict(guidance_scale=g, sampler="euler", num_inference_steps=32) for g in (1.5, 3.0)]
-GUIDANCE_SWEEP = [dict(guidance_scale=g, sampler="heun", num_inference_steps=32) for g in (1.0, 1.5, 2.0, 2.5, 3.0,
-                                                                                          4.0, 5.0)]  # fmt: skip
+GUIDANCE_SWEEP = [
+    dict(guidance_scale=g, sampler="heun", num_inference_steps=32) for g in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+]
 SAMPLE_DEFAULTS = dict(timestep_shift=1.0, guidance_interval=[0.0, 1.0])
 NUM_REFERENCE = 2000
 
@@ -129,8 +154,15 @@ def make_spec(name: str, round_: str, overrides: dict, cost: dict, scale: float 
     budget = BUDGET_MINUTES[round_] * scale
     step_s = cost_seconds(cost, key)
     steps = max(1, int((budget - RESERVE_MINUTES[round_] * scale) * 60 / step_s))
-    return {"name": name, "round": round_, "overrides": overrides, "steps": steps, "cpu_step_seconds": step_s,
-            "cpu_minutes": round(steps * step_s / 60, 1), "budget_minutes": budget}  # fmt: skip
+    return {
+        "name": name,
+        "round": round_,
+        "overrides": overrides,
+        "steps": steps,
+        "cpu_step_seconds": step_s,
+        "cpu_minutes": round(steps * step_s / 60, 1),
+        "budget_minutes": budget,
+    }
 
 
 def config_for(spec: dict, out: Path, data_path: str | None):
@@ -138,9 +170,18 @@ def config_for(spec: dict, out: Path, data_path: str | None):
 
     values = {**BASE, **spec["overrides"]}
     steps = spec["steps"]
-    values.update({"train.output_dir": str(out / spec["name"]), "train.max_steps": steps, "train.sample_every": 0,
-                   "train.checkpoint_every": max(1, steps // 2), "train.keep_checkpoints": 1, "train.trackers": [],
-                   "train.log_every": 100, "data.path": data_path})  # fmt: skip
+    values.update(
+        {
+            "train.output_dir": str(out / spec["name"]),
+            "train.max_steps": steps,
+            "train.sample_every": 0,
+            "train.checkpoint_every": max(1, steps // 2),
+            "train.keep_checkpoints": 1,
+            "train.trackers": [],
+            "train.log_every": 100,
+            "data.path": data_path,
+        }
+    )
     return load_config(None, [f"{k}={json.dumps(v)}" for k, v in values.items()])
 
 
@@ -160,8 +201,9 @@ def measure_cost(args) -> dict:
     info = dict(channels=1, size=32, num_classes=10)
     path = Path(args.cost)
     done = json.loads(path.read_text())["steps"] if path.is_file() else {}
-    old_default = make_train_step(config_for({"name": "cost", "overrides": {}, "steps": 1}, Path("/tmp"), None),
-                                  info, torch.device("cpu"))  # fmt: skip
+    old_default = make_train_step(
+        config_for({"name": "cost", "overrides": {}, "steps": 1}, Path("/tmp"), None), info, torch.device("cpu")
+    )
     for key, overrides in cost_keys().items():
         if key in done:
             continue
@@ -249,10 +291,17 @@ def score(run_dir: Path, settings: list[dict], n: int, args) -> list[dict]:
             feats = inception(args)(images)
             m = compute_metrics(feats, ref, ["fid", "kid"], kid_subset_size=min(1000, n))
             acc = class_accuracy(judge, images, np.asarray(labels))
-            row = {"key": setting_key(setting, n), **call, "num_samples": n, "fid": round(m["fid"], 2),
-                   "kid": round(m["kid_mean"], 5), "class_accuracy": round(acc["class_accuracy"], 4),
-                   "per_class": acc["class_accuracy_per_class"], "judge_test_accuracy": judge_acc,
-                   "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+            row = {
+                "key": setting_key(setting, n),
+                **call,
+                "num_samples": n,
+                "fid": round(m["fid"], 2),
+                "kid": round(m["kid_mean"], 5),
+                "class_accuracy": round(acc["class_accuracy"], 4),
+                "per_class": acc["class_accuracy_per_class"],
+                "judge_test_accuracy": judge_acc,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
             with open(run_dir / "scores.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             done[row["key"]] = row
@@ -373,10 +422,14 @@ def full_specs(combo: dict, cost: dict, scale: float) -> list[dict]:
 def sampler_sweep(guidance: float) -> list[dict]:
     sweep = []
     for g in sorted({guidance, guidance + 1.0}):
-        sweep += [dict(guidance_scale=g, sampler=s, num_inference_steps=n)
-                  for s, n in (("euler", 32), ("euler", 64), ("heun", 16), ("heun", 32), ("sde", 64))]  # fmt: skip
-        sweep += [dict(guidance_scale=g, sampler="heun", num_inference_steps=32, guidance_interval=[lo, 1.0])
-                  for lo in (0.1, 0.2)]  # fmt: skip
+        sweep += [
+            dict(guidance_scale=g, sampler=s, num_inference_steps=n)
+            for s, n in (("euler", 32), ("euler", 64), ("heun", 16), ("heun", 32), ("sde", 64))
+        ]
+        sweep += [
+            dict(guidance_scale=g, sampler="heun", num_inference_steps=32, guidance_interval=[lo, 1.0])
+            for lo in (0.1, 0.2)
+        ]
         sweep += [dict(guidance_scale=g, sampler="heun", num_inference_steps=32, timestep_shift=0.5)]
     return sweep
 
@@ -409,8 +462,11 @@ def search(args) -> None:
     score(out / top, sampler_sweep(g), args.num_samples, args)
 
     print("round 4: 2,000 samples", flush=True)
-    chosen_sampling = {k: v for k, v in best(out / top).items() if k in ("guidance_scale", "sampler",
-                       "num_inference_steps", "timestep_shift", "guidance_interval")}  # fmt: skip
+    chosen_sampling = {
+        k: v
+        for k, v in best(out / top).items()
+        if k in ("guidance_scale", "sampler", "num_inference_steps", "timestep_shift", "guidance_interval")
+    }
     write_json(out / "best.json", {"run": top, "sampling": chosen_sampling})
     for name in [top, "full-attention", "long-best", "long-best-2xdepth"]:
         b = best(out / name)
@@ -431,9 +487,13 @@ def fmt_overrides(overrides: dict) -> str:
 
 def report(args) -> Path:
     out = Path(args.out)
-    lines = ["# Recipe search: results", "", f"Written by `python scripts/recipe_search.py report` from `{out}`; "
-             "FID and KID against 2,000 real test images, class accuracy by the judge CNN; n samples per score.",
-             ""]  # fmt: skip
+    lines = [
+        "# Recipe search: results",
+        "",
+        f"Written by `python scripts/recipe_search.py report` from `{out}`; "
+        "FID and KID against 2,000 real test images, class accuracy by the judge CNN; n samples per score.",
+        "",
+    ]
     runs = sorted(p.parent for p in out.glob("*/spec.json"))
     rows = []
     for run_dir in runs:
@@ -443,23 +503,44 @@ def report(args) -> Path:
             continue
         b = best(run_dir)
         t = json.loads((run_dir / "train_time.json").read_text()) if (run_dir / "train_time.json").is_file() else {}
-        rows.append((spec["round"], spec["name"], fmt_overrides(spec["overrides"]), spec["steps"], spec["cpu_minutes"],
-                     t.get("seconds"), b))  # fmt: skip
+        rows.append(
+            (
+                spec["round"],
+                spec["name"],
+                fmt_overrides(spec["overrides"]),
+                spec["steps"],
+                spec["cpu_minutes"],
+                t.get("seconds"),
+                b,
+            )
+        )
     order = {"cpu-proxy": 0, "proxy": 1, "full": 2, "long": 3}
-    lines += ["| round | run | changes from the old default | steps | CPU min | training wall s | best setting | "
-              "n | FID | KID | class acc |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "| round | run | changes from the old default | steps | CPU min | training wall s | best setting | "
+        "n | FID | KID | class acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (order[r[0]], r[6]["fid"])):
         b = r[6]
-        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {b['guidance_scale']} "
-                     f"({b['sampler']} {b['num_inference_steps']}) | {b['num_samples']} | {b['fid']} | "
-                     f"{b['kid']:.4f} | {b['class_accuracy']:.3f} |")  # fmt: skip
-    lines += ["", "## Every score", "", "| run | n | guidance | sampler | steps | interval | shift | FID | KID | "
-              "class acc |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {b['guidance_scale']} "
+            f"({b['sampler']} {b['num_inference_steps']}) | {b['num_samples']} | {b['fid']} | "
+            f"{b['kid']:.4f} | {b['class_accuracy']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Every score",
+        "",
+        "| run | n | guidance | sampler | steps | interval | shift | FID | KID | class acc |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for run_dir in runs:
         for r in read_scores(run_dir).values():
-            lines.append(f"| {run_dir.name} | {r['num_samples']} | {r['guidance_scale']} | {r['sampler']} | "
-                         f"{r['num_inference_steps']} | {r['guidance_interval']} | {r['timestep_shift']} | "
-                         f"{r['fid']} | {r['kid']:.4f} | {r['class_accuracy']:.3f} |")  # fmt: skip
+            lines.append(
+                f"| {run_dir.name} | {r['num_samples']} | {r['guidance_scale']} | {r['sampler']} | "
+                f"{r['num_inference_steps']} | {r['guidance_interval']} | {r['timestep_shift']} | "
+                f"{r['fid']} | {r['kid']:.4f} | {r['class_accuracy']:.3f} |"
+            )
     path = Path(args.report)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -471,9 +552,26 @@ def report(args) -> Path:
 
 
 def common_argv(args) -> list[str]:
-    argv = ["--out", args.out, "--cost", args.cost, "--device", args.device, "--threads", str(args.threads),
-            "--cache", args.cache, "--sample-batch", str(args.sample_batch), "--scale", str(args.scale),
-            "--num-samples", str(args.num_samples), "--confirm-samples", str(args.confirm_samples)]  # fmt: skip
+    argv = [
+        "--out",
+        args.out,
+        "--cost",
+        args.cost,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--cache",
+        args.cache,
+        "--sample-batch",
+        str(args.sample_batch),
+        "--scale",
+        str(args.scale),
+        "--num-samples",
+        str(args.num_samples),
+        "--confirm-samples",
+        str(args.confirm_samples),
+    ]
     if args.data:
         argv += ["--data", args.data]
     if args.inception_weights:
@@ -485,8 +583,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["cost", "search", "report", "worker"])
     p.add_argument("--out", default="runs/recipe_search")
-    p.add_argument("--cost", default=str(ROOT / "docs" / "recipe_search_cost.json"),
-                   help="CPU seconds per step of each model and batch (written by the cost stage)")
+    p.add_argument(
+        "--cost",
+        default=str(ROOT / "docs" / "recipe_search_cost.json"),
+        help="CPU seconds per step of each model and batch (written by the cost stage)",
+    )
     p.add_argument("--report", default=str(ROOT / "docs" / "recipe_search_results.md"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="runs trained at once (search)")

@@ -24,14 +24,16 @@ sys.path.insert(0, str(ROOT))
 
 # The runs: overrides of configs/fashion_mnist.yaml (the quickstart model), one per ablation row.
 RUNS = {
-    "attention": ("global attention + sin-cos (DiT-style)", ["model.mixer=attention", "model.kernel_size=null",
-                                                            "model.pos_embed=sincos"]),
+    "attention": (
+        "global attention + sin-cos (DiT-style)",
+        ["model.mixer=attention", "model.kernel_size=null", "model.pos_embed=sincos"],
+    ),
     "conv": ("DWConv", ["model.mixer=conv", "model.kernel_size=3"]),
     "w-msa": ("W-MSA", ["model.mixer=window", "model.kernel_size=null"]),
     "iw-msa": ("IW-MSA", ["model.mixer=iwin", "model.kernel_size=null"]),
     "conv+w-msa": ("DWConv + W-MSA", ["model.mixer=window", "model.kernel_size=3"]),
     "flashdit": ("DWConv + IW-MSA (FlashDiT)", ["model.mixer=iwin", "model.kernel_size=3"]),
-}  # fmt: skip
+}
 SIZES = (32, 48, 64)  # pixels: the training grid (16x16 tokens), 1.5x and 2x
 
 
@@ -45,9 +47,13 @@ def train_run(name: str, args) -> dict:
     if pipe.is_dir() and record.is_file():
         return json.loads(record.read_text())
     overrides = RUNS[name][1] + [
-        f"train.output_dir={out}", f"train.max_steps={args.steps}", "train.sample_every=0",
-        f"train.checkpoint_every={max(1, args.steps // 4)}", f"train.seed={args.seed}", "train.trackers=[]",
-    ]  # fmt: skip
+        f"train.output_dir={out}",
+        f"train.max_steps={args.steps}",
+        "train.sample_every=0",
+        f"train.checkpoint_every={max(1, args.steps // 4)}",
+        f"train.seed={args.seed}",
+        "train.trackers=[]",
+    ]
     cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides)
     start = time.perf_counter()
     train(cfg, resume=True)
@@ -87,8 +93,12 @@ def score(images, labels, features: dict, size: int, args) -> dict:
     judge, judge_acc = fashion_mnist_classifier(INCEPTION_DEFAULT.parent / "fashion_mnist_classifier.safetensors")
     crop = (size - SIZES[0]) // 2
     acc = class_accuracy(judge, images[:, crop : crop + SIZES[0], crop : crop + SIZES[0]], labels)
-    return {"fid": metrics["fid"], "kid": metrics["kid_mean"], "class_accuracy": acc["class_accuracy"],
-            "judge_test_accuracy": judge_acc}  # fmt: skip
+    return {
+        "fid": metrics["fid"],
+        "kid": metrics["kid_mean"],
+        "class_accuracy": acc["class_accuracy"],
+        "judge_test_accuracy": judge_acc,
+    }
 
 
 def evaluate(name: str, cfg_scale: float, size: int, args) -> dict:
@@ -102,9 +112,18 @@ def evaluate(name: str, cfg_scale: float, size: int, args) -> dict:
     pipe = load_pipeline(str(Path(args.out) / name / "pipeline"), "cpu")
     pipe.set_progress_bar_config(disable=True)
     n = args.num_samples if size == SIZES[0] else args.num_samples_large
-    settings = dict(guidance_scale=cfg_scale, num_inference_steps=args.sample_steps, sampler="euler",
-                    timestep_shift=1.0, guidance_interval=[0.0, 1.0], height=size, width=size, num_samples=n,
-                    seed=args.seed, model=name)  # fmt: skip
+    settings = dict(
+        guidance_scale=cfg_scale,
+        num_inference_steps=args.sample_steps,
+        sampler="euler",
+        timestep_shift=1.0,
+        guidance_interval=[0.0, 1.0],
+        height=size,
+        width=size,
+        num_samples=n,
+        seed=args.seed,
+        model=name,
+    )
     start = time.perf_counter()
     inception = InceptionFeatures()
     paths = sample_shards(pipe, out, balanced_labels(n, 10), list(range(n)), settings, 250, 50, inception)
@@ -143,8 +162,10 @@ def val_loss(name: str, args, num_images: int = 200, times=(0.1, 0.3, 0.5, 0.7, 
                 t = torch.full((len(x1),), t_value)
                 for i in range(0, len(x1), 50):
                     b = slice(i, i + 50)
-                    err = (model(flow.interpolate(x1[b], x0[b], t[b]), t[b], labels[b]).sample
-                           - flow.velocity_target(x1[b], x0[b])) ** 2  # fmt: skip
+                    err = (
+                        model(flow.interpolate(x1[b], x0[b], t[b]), t[b], labels[b]).sample
+                        - flow.velocity_target(x1[b], x0[b])
+                    ) ** 2
                     centre = err[..., c : c + SIZES[0], c : c + SIZES[0]]
                     inner.append(centre.mean().item())
                     if c:
@@ -188,8 +209,12 @@ def throughput(args) -> dict:
 
     info, batch = dict(channels=1, size=32, num_classes=10), 64
     overrides = {name: [*RUNS[name][1], f"train.global_batch_size={batch}"] for name in RUNS}
-    steps = {name: make_train_step(load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides[name]), info,
-                                   torch.device("cpu")) for name in RUNS}  # fmt: skip
+    steps = {
+        name: make_train_step(
+            load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides[name]), info, torch.device("cpu")
+        )
+        for name in RUNS
+    }
     seconds = time_round_robin(steps, repeats=5, min_seconds=3.0)
     result = {name: {"step_seconds": s, "images_per_second": batch / s} for name, s in seconds.items()}
     write_json(path, result)
@@ -198,44 +223,65 @@ def throughput(args) -> dict:
 
 def report(results: dict, args) -> Path:
     """The study's tables (docs/study.md quotes them) as runs/study/tables.md."""
-    speed = json.loads((Path(args.out) / "throughput.json").read_text()) if (
-        Path(args.out) / "throughput.json").is_file() else {}  # fmt: skip
+    speed = (
+        json.loads((Path(args.out) / "throughput.json").read_text())
+        if (Path(args.out) / "throughput.json").is_file()
+        else {}
+    )
 
     def sizes_row(label: str, evals: list[dict | None]) -> str:
         def cells(key: str, spec: str) -> list[str]:
             # KID is unbiased, so real-vs-real lands a hair either side of 0: print that as 0
             return ["—" if r is None else format(r[key] if abs(r[key]) >= 5e-4 else 0.0, spec) for r in evals]
 
-        return f"| {label} | " + " | ".join(cells("fid", ".1f") + cells("kid", ".3f") +
-                                            cells("class_accuracy", ".3f")) + " |"  # fmt: skip
+        return (
+            f"| {label} | "
+            + " | ".join(cells("fid", ".1f") + cells("kid", ".3f") + cells("class_accuracy", ".3f"))
+            + " |"
+        )
 
-    lines = ["| mixer | train img/s | 600 steps take | FID cfg 1.0 | FID cfg 1.5 | KID cfg 1.5 "
-             "| class acc cfg 1.0 | class acc cfg 1.5 |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| mixer | train img/s | 600 steps take | FID cfg 1.0 | FID cfg 1.5 | KID cfg 1.5 "
+        "| class acc cfg 1.0 | class acc cfg 1.5 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         e1, e15 = r["eval"]["cfg1.0_32px"], r["eval"]["cfg1.5_32px"]
         # throughput measured side by side (the runs' own wall times depend on what else ran beside them)
         ips = f"{speed[name]['images_per_second']:.1f}" if name in speed else "—"
         took = f"{r['train']['steps'] * speed[name]['step_seconds'] / 60:.1f} min" if name in speed else "—"
-        lines.append(f"| {RUNS[name][0]} | {ips} | {took} | {e1['fid']:.1f} | "
-                     f"{e15['fid']:.1f} | {e15['kid']:.3f} | {e1['class_accuracy']:.3f} | "
-                     f"{e15['class_accuracy']:.3f} |")  # fmt: skip
-    lines += ["", "| mixer | FID 32px (train grid) | FID 48px (1.5x) | FID 64px (2x) | KID 32 | KID 48 | KID 64 "
-              "| class acc 32 | class acc 48 | class acc 64 |",
-              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {RUNS[name][0]} | {ips} | {took} | {e1['fid']:.1f} | "
+            f"{e15['fid']:.1f} | {e15['kid']:.3f} | {e1['class_accuracy']:.3f} | "
+            f"{e15['class_accuracy']:.3f} |"
+        )
+    lines += [
+        "",
+        "| mixer | FID 32px (train grid) | FID 48px (1.5x) | FID 64px (2x) | KID 32 | KID 48 | KID 64 "
+        "| class acc 32 | class acc 48 | class acc 64 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         lines.append(sizes_row(RUNS[name][0], [r["eval"].get(f"cfg1.5_{s}px") for s in SIZES]))
     real = [Path(args.out) / "real" / f"eval_cfg1.5_{s}px" / "result.json" for s in SIZES]
     if all(p.is_file() for p in real):
         lines.append(sizes_row("real training images (the floor)", [json.loads(p.read_text()) for p in real]))
-    val = {n: json.loads((Path(args.out) / n / "val_loss.json").read_text()) for n in results
-           if (Path(args.out) / n / "val_loss.json").is_file()}  # fmt: skip
+    val = {
+        n: json.loads((Path(args.out) / n / "val_loss.json").read_text())
+        for n in results
+        if (Path(args.out) / n / "val_loss.json").is_file()
+    }
     if val:
-        lines += ["", "| mixer | held-out MSE 32px (train grid) | 64px (2x), central 32x32 | 64px / 32px "
-                  "| 64px, added border |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| mixer | held-out MSE 32px (train grid) | 64px (2x), central 32x32 | 64px / 32px | 64px, added border |",
+            "|---|---|---|---|---|",
+        ]
         for name, v in val.items():
-            lines.append(f"| {RUNS[name][0]} | {v['32px']:.4f} | {v['64px']:.4f} | {v['64px'] / v['32px']:.2f} "
-                         f"| {v['64px_border']:.4f} |")  # fmt: skip
+            lines.append(
+                f"| {RUNS[name][0]} | {v['32px']:.4f} | {v['64px']:.4f} | {v['64px'] / v['32px']:.2f} "
+                f"| {v['64px_border']:.4f} |"
+            )
     table = Path(args.out) / "tables.md"
     table.write_text("\n".join(lines) + "\n")
     return table
@@ -272,7 +318,6 @@ def loss_plot(names: list[str], args) -> Path:
 
 def sample_grids(names: list[str], args) -> list[Path]:
     from flashdit.pipeline import load_pipeline
-    from flashdit.training import sample_grid  # noqa: F401  (same fixed-seed grid as training)
     from flashdit.utils import image_grid, save_image
 
     paths = []
@@ -284,8 +329,14 @@ def sample_grids(names: list[str], args) -> list[Path]:
             import torch
 
             gens = [torch.Generator().manual_seed(i) for i in range(10)]
-            rows += pipe(list(range(10)), guidance_scale=1.5, num_inference_steps=args.sample_steps,
-                         height=size, width=size, generator=gens).images  # fmt: skip
+            rows += pipe(
+                list(range(10)),
+                guidance_scale=1.5,
+                num_inference_steps=args.sample_steps,
+                height=size,
+                width=size,
+                generator=gens,
+            ).images
         path = ROOT / "docs" / "images" / f"study_samples_{size}px.png"
         save_image(image_grid(rows, nrow=10), path)
         paths.append(path)

@@ -12,16 +12,16 @@ import pytest
 import torch
 from PIL import Image
 from test_pipeline import pixel_pipe
-from test_training import cfg_args, idx_dir  # noqa: F401  (fixture)
+from test_training import cfg_args
 
 import eval_fid
 import sample
 import train as train_script
+from flashdit.checkpoint import list_checkpoints
 from flashdit.cli import run
 from flashdit.extract import main as extract_main
 from flashdit.extract import parse_args as extract_args
 from flashdit.extract import to_8bit
-from flashdit.training import list_checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +50,7 @@ def snapshot(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------- training
 
 
-def test_output_dirs_are_never_overwritten_and_resume_never_prunes_newer(tmp_path, idx_dir, capsys):  # noqa: F811
+def test_output_dirs_are_never_overwritten_and_resume_never_prunes_newer(tmp_path, idx_dir, capsys):
     run_dir = tmp_path / "run"
     train_cli(*cfg_args(run_dir, idx_dir, "train.max_steps=4", "train.keep_checkpoints=5"))
     before = snapshot(run_dir / "checkpoints")
@@ -58,8 +58,13 @@ def test_output_dirs_are_never_overwritten_and_resume_never_prunes_newer(tmp_pat
 
     # a second fresh run into the same output_dir is refused: no pruning, no appending to metrics.jsonl
     metrics = (run_dir / "metrics.jsonl").read_text()
-    user_error(capsys, train_script.main, train_script.parse_args, cfg_args(run_dir, idx_dir, "train.max_steps=4"),
-               "already holds a run (step_0000004); continue it with --resume")  # fmt: skip
+    user_error(
+        capsys,
+        train_script.main,
+        train_script.parse_args,
+        cfg_args(run_dir, idx_dir, "train.max_steps=4"),
+        "already holds a run (step_0000004); continue it with --resume",
+    )
     # resuming below a newer checkpoint is refused (it would overwrite or prune step 4)
     older = str(run_dir / "checkpoints" / "step_0000002")
     resume_older = [*cfg_args(run_dir, idx_dir, "train.max_steps=6"), "--resume", older]
@@ -72,8 +77,13 @@ def test_output_dirs_are_never_overwritten_and_resume_never_prunes_newer(tmp_pat
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     ckpt = run_dir / "checkpoints" / "step_0000004"
-    user_error(capsys, train_script.main, train_script.parse_args, ["--export", str(ckpt), "--out", str(mine)],
-               "not a FlashDiT pipeline (notes.txt)")  # fmt: skip
+    user_error(
+        capsys,
+        train_script.main,
+        train_script.parse_args,
+        ["--export", str(ckpt), "--out", str(mine)],
+        "not a FlashDiT pipeline (notes.txt)",
+    )
     assert (mine / "notes.txt").read_text() == "keep me"
     # a previous export is replaced; the run's own config (its --set overrides) describes the model
     out = tmp_path / "exported"
@@ -82,7 +92,7 @@ def test_output_dirs_are_never_overwritten_and_resume_never_prunes_newer(tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["model_index.json", "scheduler", "transformer"]
 
 
-def test_stray_folders_partial_log_lines_and_a_changed_lr_on_resume(tmp_path, idx_dir, capsys):  # noqa: F811
+def test_stray_folders_partial_log_lines_and_a_changed_lr_on_resume(tmp_path, idx_dir, capsys):
     run_dir = tmp_path / "run"
     constant = ["train.lr_schedule=constant", "train.warmup_steps=0", "train.max_grad_norm=null"]  # no clipping
     train_cli(*cfg_args(run_dir, idx_dir, "train.max_steps=2", "train.lr=1e-3", *constant))
@@ -98,17 +108,25 @@ def test_stray_folders_partial_log_lines_and_a_changed_lr_on_resume(tmp_path, id
     assert all(r["grad_norm"] > 0 for r in rows)  # measured even without clipping
 
 
-def test_bad_step_intervals_are_refused(tmp_path, idx_dir, capsys):  # noqa: F811
+def test_bad_step_intervals_are_refused(tmp_path, idx_dir, capsys):
     for key in ("train.log_every=0", "train.checkpoint_every=0"):
-        user_error(capsys, train_script.main, train_script.parse_args, cfg_args(tmp_path / key, idx_dir, key),
-                   f"{key.split('=')[0]}=0 must be a positive number of steps")  # fmt: skip
+        user_error(
+            capsys,
+            train_script.main,
+            train_script.parse_args,
+            cfg_args(tmp_path / key, idx_dir, key),
+            f"{key.split('=')[0]}=0 must be a positive number of steps",
+        )
 
 
 def test_a_user_error_from_a_real_process_is_one_line_and_status_2(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--set", "train.max_steps=0", "--output-dir", str(tmp_path / "r")],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["train.py: error: train.max_steps=0 must be positive"]
 
@@ -155,8 +173,20 @@ def test_nan_latents_are_refused(model_dir):
 
 def test_eval_refuses_stale_shards_and_fails_fast(model_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    base = ["--model", str(model_dir), "--num-samples", "4", "--steps", "1", "--metrics", "--out", str(out),
-            "--quiet", "--batch-size", "2"]  # fmt: skip
+    base = [
+        "--model",
+        str(model_dir),
+        "--num-samples",
+        "4",
+        "--steps",
+        "1",
+        "--metrics",
+        "--out",
+        str(out),
+        "--quiet",
+        "--batch-size",
+        "2",
+    ]
     eval_fid.main(eval_fid.parse_args([*base, "--shard-size", "2"]))
     settings = json.loads((out / "settings.json").read_text())
     assert settings["shard_size"] == 2 and settings["height"] == 8 and settings["width"] == 8
@@ -191,8 +221,13 @@ def test_extraction_refuses_other_settings_and_reads_16_bit_and_corrupt_images(t
     pixels = load_file(out / "shard_00000.safetensors")["latents"][0, 0]
     np.testing.assert_allclose(pixels.numpy(), eight / 127.5 - 1, atol=1e-6)  # not saturated to white
     before = snapshot(out)
-    user_error(capsys, extract_main, extract_args, [*argv[:-2], "--out", str(out), "--shard-size", "7"],
-               "shard_size: 4096 -> 7")  # fmt: skip
+    user_error(
+        capsys,
+        extract_main,
+        extract_args,
+        [*argv[:-2], "--out", str(out), "--shard-size", "7"],
+        "shard_size: 4096 -> 7",
+    )
     assert snapshot(out) == before
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     user_error(capsys, extract_main, extract_args, [*argv[:-1], str(tmp_path / "lat2")], "broken.png")
@@ -215,8 +250,18 @@ def test_convert_and_evaluation_commands_give_one_line_errors(tmp_path, capsys):
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     for source in ("flashdit", "vae"):  # refused before the (missing) checkpoint is even read
-        user_error(capsys, convert.main, lambda a: a, [source, "--ckpt", str(tmp_path / "no.pt"), "--out", str(mine)],
-                   "already holds files that are not a")  # fmt: skip
+        user_error(
+            capsys,
+            convert.main,
+            lambda a: a,
+            [source, "--ckpt", str(tmp_path / "no.pt"), "--out", str(mine)],
+            "already holds files that are not a",
+        )
     assert (mine / "notes.txt").read_text() == "keep me"
-    user_error(capsys, evaluation.main, lambda a: a, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz")],
-               "is not an image folder, an .npz, or fashion-mnist:<split>")  # fmt: skip
+    user_error(
+        capsys,
+        evaluation.main,
+        lambda a: a,
+        ["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz")],
+        "is not an image folder, an .npz, or fashion-mnist:<split>",
+    )

@@ -35,24 +35,37 @@ def official_state(kind, patch=1, seed=0, num_classes=CLASSES, in_ch=C, grid=16)
 
     n_mod = 7 if kind == "flashdit" else 6
     s = {
-        "x_embedder.proj.weight": w(D, in_ch, patch, patch), "x_embedder.proj.bias": w(D),
-        "t_embedder.mlp.0.weight": w(D, 256), "t_embedder.mlp.0.bias": w(D),
-        "t_embedder.mlp.2.weight": w(D, D), "t_embedder.mlp.2.bias": w(D),
+        "x_embedder.proj.weight": w(D, in_ch, patch, patch),
+        "x_embedder.proj.bias": w(D),
+        "t_embedder.mlp.0.weight": w(D, 256),
+        "t_embedder.mlp.0.bias": w(D),
+        "t_embedder.mlp.2.weight": w(D, D),
+        "t_embedder.mlp.2.bias": w(D),
         "y_embedder.embedding_table.weight": w(num_classes + 1, D),
-        "final_layer.norm_final.weight": 1 + w(D), "final_layer.linear.weight": w(patch * patch * in_ch, D),
+        "final_layer.norm_final.weight": 1 + w(D),
+        "final_layer.linear.weight": w(patch * patch * in_ch, D),
         "final_layer.linear.bias": w(patch * patch * in_ch),
-        "final_layer.adaLN_modulation.1.weight": w(2 * D, D), "final_layer.adaLN_modulation.1.bias": w(2 * D),
-    }  # fmt: skip
+        "final_layer.adaLN_modulation.1.weight": w(2 * D, D),
+        "final_layer.adaLN_modulation.1.bias": w(2 * D),
+    }
     for i in range(DEPTH):
         b = f"blocks.{i}."
-        s.update({
-            b + "norm1.weight": 1 + w(D), b + "norm2.weight": 1 + w(D),
-            b + "attn.qkv.weight": w(3 * D, D), b + "attn.qkv.bias": w(3 * D),
-            b + "attn.proj.weight": w(D, D), b + "attn.proj.bias": w(D),
-            b + "mlp.w12.weight": w(2 * HIDDEN, D), b + "mlp.w12.bias": w(2 * HIDDEN),
-            b + "mlp.w3.weight": w(D, HIDDEN), b + "mlp.w3.bias": w(D),
-            b + "adaLN_modulation.1.weight": w(n_mod * D, D), b + "adaLN_modulation.1.bias": w(n_mod * D),
-        })  # fmt: skip
+        s.update(
+            {
+                b + "norm1.weight": 1 + w(D),
+                b + "norm2.weight": 1 + w(D),
+                b + "attn.qkv.weight": w(3 * D, D),
+                b + "attn.qkv.bias": w(3 * D),
+                b + "attn.proj.weight": w(D, D),
+                b + "attn.proj.bias": w(D),
+                b + "mlp.w12.weight": w(2 * HIDDEN, D),
+                b + "mlp.w12.bias": w(2 * HIDDEN),
+                b + "mlp.w3.weight": w(D, HIDDEN),
+                b + "mlp.w3.bias": w(D),
+                b + "adaLN_modulation.1.weight": w(n_mod * D, D),
+                b + "adaLN_modulation.1.bias": w(n_mod * D),
+            }
+        )
         if kind == "flashdit":
             s[b + "dwconv.depthwise.weight"] = w(D, 1, 3, 3)
             s[b + "dwconv.depthwise.bias"] = w(D)
@@ -131,7 +144,7 @@ def embed(s, x, t, y, patch):
 def final(s, x, c, patch, h, w):
     shift, scale = (
         F.silu(c) @ s["final_layer.adaLN_modulation.1.weight"].T + s["final_layer.adaLN_modulation.1.bias"]
-    ).chunk(2, -1)  # noqa: E501
+    ).chunk(2, -1)
     x = rms(x, s["final_layer.norm_final.weight"]) * (1 + scale[:, None]) + shift[:, None]
     x = x @ s["final_layer.linear.weight"].T + s["final_layer.linear.bias"]
     x = x.reshape(x.shape[0], h, w, patch, patch, -1)
@@ -155,8 +168,17 @@ def official_flashdit_forward(s, x, t, y, window=8, patch=1):
         sh1, sc1, g1, sh2, sc2, g2, gc = (m[:, None] for m in mod)
         xc = rms(x, s[b + "norm1.weight"]) * (1 + sc1) + sh1
         grid = xc.view(B, h, w, D)
-        conv = F.conv2d(grid.permute(0, 3, 1, 2), s[b + "dwconv.depthwise.weight"], s[b + "dwconv.depthwise.bias"],
-                        padding=1, groups=D).permute(0, 2, 3, 1).reshape(B, h * w, D)  # fmt: skip
+        conv = (
+            F.conv2d(
+                grid.permute(0, 3, 1, 2),
+                s[b + "dwconv.depthwise.weight"],
+                s[b + "dwconv.depthwise.bias"],
+                padding=1,
+                groups=D,
+            )
+            .permute(0, 2, 3, 1)
+            .reshape(B, h * w, D)
+        )
         hg, wg = h // window, w // window
         r = paper_rearrange(grid, hg, wg)
         win = (
@@ -164,7 +186,7 @@ def official_flashdit_forward(s, x, t, y, window=8, patch=1):
         )
         out = mha(
             win, s[b + "attn.qkv.weight"], s[b + "attn.qkv.bias"], s[b + "attn.proj.weight"], s[b + "attn.proj.bias"]
-        )  # noqa: E501
+        )
         out = out.view(B, h // window, w // window, window, window, D).permute(0, 1, 3, 2, 4, 5).reshape(B, h, w, D)
         attn = paper_restore(out, hg, wg).reshape(B, h * w, D)
         x = x + (1 + gc) * conv + (1 + g1) * attn
@@ -184,8 +206,14 @@ def official_lightningdit_forward(s, x, t, y, patch=1):
         mod = (F.silu(c) @ s[b + "adaLN_modulation.1.weight"].T + s[b + "adaLN_modulation.1.bias"]).chunk(6, -1)
         sh1, sc1, g1, sh2, sc2, g2 = (m[:, None] for m in mod)
         xc = rms(x, s[b + "norm1.weight"]) * (1 + sc1) + sh1
-        x = x + g1 * mha(xc, s[b + "attn.qkv.weight"], s[b + "attn.qkv.bias"], s[b + "attn.proj.weight"],
-                         s[b + "attn.proj.bias"], rope)  # fmt: skip
+        x = x + g1 * mha(
+            xc,
+            s[b + "attn.qkv.weight"],
+            s[b + "attn.qkv.bias"],
+            s[b + "attn.proj.weight"],
+            s[b + "attn.proj.bias"],
+            rope,
+        )
         x = x + g2 * swiglu(s, b, rms(x, s[b + "norm2.weight"]) * (1 + sc2) + sh2)
     return final(s, x, c, patch, h, w)
 
@@ -331,10 +359,15 @@ def ldm_vae_state(ch=8, ch_mult=(1, 1, 2), z=4, num_res_blocks=1, attn_levels=(2
 
 
 TINY_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16), layers_per_block=1,
-    norm_num_groups=4, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(8, 8, 16),
+    layers_per_block=1,
+    norm_num_groups=4,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
     up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"),
-)  # fmt: skip
+)
 
 
 def test_vae_conversion_places_every_tensor_and_decodes():
@@ -367,9 +400,23 @@ def test_cli_writes_a_complete_pipeline_with_authors_settings(tmp_path):
     torch.save({"mean": mean, "std": std}, tmp_path / "stats.pt")
     assert load_latent_stats(tmp_path / "stats.pt") == (mean.flatten().tolist(), std.flatten().tolist())
     (tmp_path / "vae.json").write_text(json.dumps(TINY_VAE))
-    convert_main(["flashdit", "--ckpt", str(tmp_path / "flashdit.pt"), "--vae", str(tmp_path / "vae.pt"),
-                  "--vae-config", str(tmp_path / "vae.json"), "--stats", str(tmp_path / "stats.pt"),
-                  "--num-heads", str(HEADS), "--out", str(tmp_path / "p")])  # fmt: skip
+    convert_main(
+        [
+            "flashdit",
+            "--ckpt",
+            str(tmp_path / "flashdit.pt"),
+            "--vae",
+            str(tmp_path / "vae.pt"),
+            "--vae-config",
+            str(tmp_path / "vae.json"),
+            "--stats",
+            str(tmp_path / "stats.pt"),
+            "--num-heads",
+            str(HEADS),
+            "--out",
+            str(tmp_path / "p"),
+        ]
+    )
     pipe = FlashDiTPipeline.from_pretrained(tmp_path / "p")
     assert pipe.config.sampling == AUTHORS_SAMPLING["flashdit"]
     assert pipe.get_label_ids("golden retriever") == [207] and pipe.config.latents_std == pytest.approx(

@@ -1,15 +1,13 @@
 """Evaluation: metrics against direct formulas, converted Inception weights, sample sets, eval_fid.py."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from conftest import launch_two_cpu_processes
 from PIL import Image
 from test_pipeline import pixel_pipe
 
@@ -231,9 +229,30 @@ def test_eval_fid_end_to_end_writes_samples_metrics_and_settings(tmp_path):
         Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(ref_dir / f"{i}.png")
 
     def argv(weights_path, out):
-        return ["--model", str(tmp_path / "model"), "--cfg", "1.5", "--num-samples", "12", "--reference",
-                str(ref_dir), "--metrics", "fid", "kid", "prc", "--inception-weights", str(weights_path),
-                "--kid-subset-size", "6", "--out", str(out), "--shard-size", "5", "--png", "--quiet"]  # fmt: skip
+        return [
+            "--model",
+            str(tmp_path / "model"),
+            "--cfg",
+            "1.5",
+            "--num-samples",
+            "12",
+            "--reference",
+            str(ref_dir),
+            "--metrics",
+            "fid",
+            "kid",
+            "prc",
+            "--inception-weights",
+            str(weights_path),
+            "--kid-subset-size",
+            "6",
+            "--out",
+            str(out),
+            "--shard-size",
+            "5",
+            "--png",
+            "--quiet",
+        ]
 
     report = eval_fid.main(eval_fid.parse_args(argv(weights, tmp_path / "eval")))
     assert set(report["metrics"]) >= {"fid", "kid_mean", "precision", "recall"} and report["metrics"]["fid"] > 0
@@ -254,11 +273,6 @@ def test_two_processes_sample_the_same_set_as_one(tmp_path):
     pixel_pipe(sampling=dict(num_inference_steps=2)).save_pretrained(tmp_path / "model")
     common = ["--model", str(tmp_path / "model"), "--num-samples", "10", "--metrics", "--shard-size", "3", "--quiet"]
     eval_fid.main(eval_fid.parse_args([*common, "--out", str(tmp_path / "one")]))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518",
-           str(ROOT / "eval_fid.py"), *common, "--out", str(tmp_path / "two")]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two_cpu_processes("eval_fid.py", [*common, "--out", str(tmp_path / "two")], port=29518)
     with np.load(tmp_path / "one" / "samples.npz") as a, np.load(tmp_path / "two" / "samples.npz") as b:
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from conftest import tiny_vae
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
@@ -29,20 +30,6 @@ def tiny_transformer(in_channels=1, num_classes=10, **kwargs):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model.eval()
-
-
-def tiny_vae():
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-    ).eval()
 
 
 def pixel_pipe(**kwargs):
@@ -300,3 +287,32 @@ def test_callback_protocol_guidance_scale_num_timesteps_and_interrupt():
 
     two_steps([1], callback_on_step_end=keep, generator=gens([0]), output_type="latent")
     torch.testing.assert_close(stopped, x[0])
+
+
+def test_stored_official_settings_reproduce_the_official_grid_point_sampler():
+    """The converters' settings against the official loop written out: ``N = 250`` grid points
+    ``linspace(0, 1, N)``, shifted by ``s·t / (1 + (s - 1)·t)``, N - 1 Euler steps, guidance (first three
+    channels only) while t >= the interval's start."""
+    from flashdit.convert import AUTHORS_SAMPLING
+
+    settings = AUTHORS_SAMPLING["lightningdit-800"]
+    pipe = FlashDiTPipeline(tiny_transformer(in_channels=4), FlowMatchEulerDiscreteScheduler(), sampling=settings)
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([3, 7])
+    ours = pipe(y, latents=x0, output_type="latent").images
+
+    s, scale, start = 0.3, 6.7, 0.125
+    grid = torch.linspace(0, 1, 250, dtype=torch.float64)
+    grid = (s * grid / (1 + (s - 1) * grid)).tolist()
+    x = x0.clone()
+    for t, t_next in zip(grid[:-1], grid[1:]):
+        tt = torch.full((2,), t, dtype=torch.float32)
+        with torch.no_grad():
+            v_c = pipe.transformer(x, tt, y).sample
+            v_u = pipe.transformer(x, tt, torch.full_like(y, 10)).sample
+        v = v_c.clone()
+        if t >= start:
+            v[:, :3] = v_u[:, :3] + scale * (v_c[:, :3] - v_u[:, :3])
+        x = x + (t_next - t) * v
+    assert pipe.num_timesteps == 249
+    torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import recipe_search as rs  # noqa: E402
+import recipe_search as rs
 
 
 def fake_cost():

@@ -2,20 +2,17 @@
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL
+from conftest import launch_two_cpu_processes, tiny_vae, write_idx
 from PIL import Image
 from safetensors.torch import load_file
 
 import train as train_script
-from flashdit import FlashDiTPipeline, training
+from flashdit import FlashDiTPipeline, checkpoint, training
 from flashdit.config import ConfigError, ExperimentConfig, from_dict, load_config
 from flashdit.data import FASHION_MNIST_DIR, ResumableBatchSampler, load_idx_split, pad_and_scale, read_idx
 from flashdit.extract import main as extract_main
@@ -31,36 +28,22 @@ needs_fashion = pytest.mark.skipif(
 TINY_MODEL = ["model.hidden_size=32", "model.depth=2", "model.num_heads=2", "model.patch_size=2"]
 
 
-def write_idx(path, array):
-    dtype_code = {np.uint8: 0x08, np.int32: 0x0C}[array.dtype.type]
-    header = bytes([0, 0, dtype_code, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    data = array.astype(array.dtype.newbyteorder(">")).tobytes()
-    with gzip.open(path, "wb") as f:
-        f.write(header + data)
-
-
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-    """A small MNIST-format dataset: 10 classes of 12 images, each a class-coloured 28x28 blob."""
-    root = tmp_path_factory.mktemp("idx")
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(10), 12).astype(np.uint8)
-    images = (rng.random((120, 28, 28)) * 40).astype(np.uint8)
-    for i, y in enumerate(labels):
-        images[i, 4 + y : 14 + y, 6:22] += 200
-    for img, lab in [("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                     ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]:  # fmt: skip
-        write_idx(root / f"{img}.gz", images)
-        write_idx(root / f"{lab}.gz", labels)
-    return root
-
-
 def cfg_args(out, data_path, *extra):
     return [
-        "--output-dir", str(out), "--set", f"data.path={data_path}", "train.global_batch_size=8",
-        "train.log_every=1", "train.sample_every=0", "train.checkpoint_every=2", "train.trackers=[]",
-        "sample.num_inference_steps=2", "sample.per_class=1", *TINY_MODEL, *extra,
-    ]  # fmt: skip
+        "--output-dir",
+        str(out),
+        "--set",
+        f"data.path={data_path}",
+        "train.global_batch_size=8",
+        "train.log_every=1",
+        "train.sample_every=0",
+        "train.checkpoint_every=2",
+        "train.trackers=[]",
+        "sample.num_inference_steps=2",
+        "sample.per_class=1",
+        *TINY_MODEL,
+        *extra,
+    ]
 
 
 def run_train(*argv):
@@ -166,14 +149,18 @@ def test_sampler_splits_global_batches_and_resumes_anywhere():
 # ---------------------------------------------------------------------------------------- extraction
 
 
+def extract_argv(images, vae_dir, out) -> list[str]:
+    """``flashdit.extract`` at 16 px, shards of 8."""
+    return ["--source", str(images), "--vae", str(vae_dir), "--resolution", "16", "--out", str(out)] + [
+        "--shard-size",
+        "8",
+    ]
+
+
 def tiny_vae_dir(root):
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
-    )  # fmt: skip
+    vae = tiny_vae()
     vae.save_pretrained(root)
-    return vae.eval()
+    return vae
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +178,11 @@ def image_folder(tmp_path_factory):
 def test_extraction_round_trip_stats_and_skip(tmp_path, image_folder):
     vae = tiny_vae_dir(tmp_path / "vae")
     out = tmp_path / "latents"
-    argv = ["--source", str(image_folder), "--vae", str(tmp_path / "vae"), "--resolution", "16", "--out", str(out),
-            "--batch-size", "4", "--shard-size", "8"]  # fmt: skip
+    argv = [
+        *extract_argv(image_folder, tmp_path / "vae", out),
+        "--batch-size",
+        "4",
+    ]
     extract_main(extract_args(argv))
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["num_images"] == 21 and [s["count"] for s in meta["shards"]] == [8, 8, 5]
@@ -208,7 +198,7 @@ def test_extraction_round_trip_stats_and_skip(tmp_path, image_folder):
         torch.testing.assert_close(shard["latents"][1], vae.encode(x).latent_dist.mode()[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(
             shard["latents_flip"][1], vae.encode(x.flip(-1)).latent_dist.mode()[0], atol=1e-5, rtol=1e-5
-        )  # noqa: E501
+        )
     all_lat = torch.cat([load_file(out / f"shard_0000{k}.safetensors")["latents"] for k in range(3)]).double()
     stats = load_file(out / "latents_stats.safetensors")
     torch.testing.assert_close(stats["mean"], all_lat.mean((0, 2, 3)).float())
@@ -223,11 +213,17 @@ def test_extraction_round_trip_stats_and_skip(tmp_path, image_folder):
 
 def test_extraction_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        extract_main(extract_args(["--source", str(tmp_path / "x"), "--vae", "none", "--resolution", "32",
-                                   "--out", str(tmp_path / "o")]))  # fmt: skip
+        extract_main(
+            extract_args(
+                ["--source", str(tmp_path / "x"), "--vae", "none", "--resolution", "32", "--out", str(tmp_path / "o")]
+            )
+        )
     with pytest.raises(FileNotFoundError, match="neither IDX files"):
-        extract_main(extract_args(["--source", str(tmp_path), "--vae", "none", "--resolution", "32",
-                                   "--out", str(tmp_path / "o")]))  # fmt: skip
+        extract_main(
+            extract_args(
+                ["--source", str(tmp_path), "--vae", "none", "--resolution", "32", "--out", str(tmp_path / "o")]
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -236,10 +232,17 @@ def test_extraction_errors(tmp_path):
 def test_tiny_run_on_latents_exports_a_working_pipeline(tmp_path, image_folder):
     tiny_vae_dir(tmp_path / "vae")
     lat = tmp_path / "latents"
-    extract_main(extract_args(["--source", str(image_folder), "--vae", str(tmp_path / "vae"), "--resolution", "16",
-                               "--out", str(lat), "--shard-size", "8"]))  # fmt: skip
-    out = run_train(*cfg_args(tmp_path / "run", lat, "data.kind=latents", "train.max_steps=3",
-                              "data.num_workers=1", "model.window_size=2"))  # fmt: skip
+    extract_main(extract_args(extract_argv(image_folder, tmp_path / "vae", lat)))
+    out = run_train(
+        *cfg_args(
+            tmp_path / "run",
+            lat,
+            "data.kind=latents",
+            "train.max_steps=3",
+            "data.num_workers=1",
+            "model.window_size=2",
+        )
+    )
     pipe = FlashDiTPipeline.from_pretrained(out)
     assert pipe.vae is not None and pipe.transformer.config.in_channels == 4
     assert pipe.config.latents_std is not None and pipe.id2label == {0: "cat", 1: "dog", 2: "fox"}
@@ -248,27 +251,45 @@ def test_tiny_run_on_latents_exports_a_working_pipeline(tmp_path, image_folder):
 
 
 def test_loss_falls_when_overfitting_one_batch(tmp_path, idx_dir):
-    run_train(*cfg_args(tmp_path / "run", idx_dir, "data.limit=8", "data.random_flip=false", "train.max_steps=150",
-                        "train.lr=3e-3", "train.checkpoint_every=1000", "flow.cosine_weight=0"))  # fmt: skip
+    run_train(
+        *cfg_args(
+            tmp_path / "run",
+            idx_dir,
+            "data.limit=8",
+            "data.random_flip=false",
+            "train.max_steps=150",
+            "train.lr=3e-3",
+            "train.checkpoint_every=1000",
+            "flow.cosine_weight=0",
+        )
+    )
     losses = [json.loads(line)["mse"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 150
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, idx_dir):
-    common = ["train.max_steps=6", "train.checkpoint_every=100", "train.keep_checkpoints=5",
-              "train.lr_schedule=cosine",
-              "train.warmup_steps=2", "train.ema_warmup=true", "data.random_flip=true"]  # fmt: skip
+    common = [
+        "train.max_steps=6",
+        "train.checkpoint_every=100",
+        "train.keep_checkpoints=5",
+        "train.lr_schedule=cosine",
+        "train.warmup_steps=2",
+        "train.ema_warmup=true",
+        "data.random_flip=true",
+    ]
     run_train(*cfg_args(tmp_path / "full", idx_dir, *common))
     run_train(*cfg_args(tmp_path / "split", idx_dir, *common, "train.stop_after=3"))
-    assert [p.name for p in training.list_checkpoints(tmp_path / "split")] == ["step_0000003"]
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "split")] == ["step_0000003"]
     run_train(*cfg_args(tmp_path / "split", idx_dir, *common), "--resume")
     for name in ("model.safetensors", "ema.safetensors"):
         a = load_file(tmp_path / "full" / "checkpoints" / "step_0000006" / name)
         b = load_file(tmp_path / "split" / "checkpoints" / "step_0000006" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    opt = [torch.load(p / "checkpoints" / "step_0000006" / "optimizer.pt", weights_only=True)
-           for p in (tmp_path / "full", tmp_path / "split")]  # fmt: skip
+    opt = [
+        torch.load(p / "checkpoints" / "step_0000006" / "optimizer.pt", weights_only=True)
+        for p in (tmp_path / "full", tmp_path / "split")
+    ]
     assert all(
         torch.equal(opt[0]["state"][i]["exp_avg_sq"], opt[1]["state"][i]["exp_avg_sq"]) for i in opt[0]["state"]
     )
@@ -278,7 +299,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, idx_dir):
 
 def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, idx_dir, monkeypatch):
     calls = {"n": 0}
-    real_save = training.save_file
+    real_save = checkpoint.save_file
 
     def crash_on_second_checkpoint(tensors, path, *a, **k):
         calls["n"] += 1
@@ -287,14 +308,14 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, idx_dir, 
             raise KeyboardInterrupt("power cut")
         return real_save(tensors, path, *a, **k)
 
-    monkeypatch.setattr(training, "save_file", crash_on_second_checkpoint)
+    monkeypatch.setattr(checkpoint, "save_file", crash_on_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         run_train(*cfg_args(tmp_path / "run", idx_dir, "train.max_steps=6"))
-    monkeypatch.setattr(training, "save_file", real_save)
-    assert [p.name for p in training.list_checkpoints(tmp_path / "run")] == ["step_0000002"]
+    monkeypatch.setattr(checkpoint, "save_file", real_save)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "run")] == ["step_0000002"]
     assert (tmp_path / "run" / "checkpoints" / ".tmp_step_0000004").exists()  # the torn write, ignored
     run_train(*cfg_args(tmp_path / "run", idx_dir, "train.max_steps=6"), "--resume")
-    assert [p.name for p in training.list_checkpoints(tmp_path / "run")][-1] == "step_0000006"
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "run")][-1] == "step_0000006"
 
 
 def test_corrupted_checkpoint_is_a_clear_error(tmp_path, idx_dir):
@@ -320,7 +341,7 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, idx_dir, 
     monkeypatch.setattr(training.flow, "flow_loss", poisoned)
     with pytest.raises(training.TrainingDiverged, match=r"loss became nan at step 3.*step_0000002"):
         run_train(*cfg_args(tmp_path / "run", idx_dir, "train.max_steps=6"))
-    ckpt = training.list_checkpoints(tmp_path / "run")[-1]
+    ckpt = checkpoint.list_checkpoints(tmp_path / "run")[-1]
     assert ckpt.name == "step_0000002" and load_file(ckpt / "model.safetensors")
 
 
@@ -350,25 +371,32 @@ def test_bad_training_input_is_a_clear_error(tmp_path, idx_dir):
 @needs_fashion
 @pytest.mark.data
 def test_tiny_run_on_real_fashion_mnist_then_sample_script(tmp_path):
-    out = run_train(*cfg_args(tmp_path / "run", FASHION_MNIST_DIR, "data.limit=512", "train.max_steps=3",
-                              "train.sample_every=3", "train.grad_accum_steps=2"))  # fmt: skip
+    out = run_train(
+        *cfg_args(
+            tmp_path / "run",
+            FASHION_MNIST_DIR,
+            "data.limit=512",
+            "train.max_steps=3",
+            "train.sample_every=3",
+            "train.grad_accum_steps=2",
+        )
+    )
     assert (tmp_path / "run" / "samples" / "step_0000003.png").is_file()
     import sample
 
-    written = sample.main(sample.parse_args(["--model", str(out), "--class-labels", "Trouser", "9", "--steps", "2",
-                                             "--out", str(tmp_path / "s")]))  # fmt: skip
+    written = sample.main(
+        sample.parse_args(
+            ["--model", str(out), "--class-labels", "Trouser", "9", "--steps", "2", "--out", str(tmp_path / "s")]
+        )
+    )
     assert len(written) == 2 and Image.open(written[0]).size == (32, 32)
 
 
 @pytest.mark.slow
 def test_two_cpu_processes_train_with_the_same_global_batch(tmp_path, idx_dir):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           str(ROOT / "train.py"),
-           *cfg_args(tmp_path / "run", idx_dir, "train.max_steps=2", "train.cpu=true")]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two_cpu_processes(
+        "train.py", cfg_args(tmp_path / "run", idx_dir, "train.max_steps=2", "train.cpu=true"), port=29517
+    )
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_0000002" / "state.json").read_text())
     assert state["num_processes"] == 2 and state["global_batch_size"] == 8
     assert (tmp_path / "run" / "checkpoints" / "step_0000002" / "rng_rank1.pt").is_file()

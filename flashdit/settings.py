@@ -1,0 +1,141 @@
+"""The sampling settings: one declaration for the pipeline's call, its stored defaults, the training
+config's ``sample:`` section, the ``sample.py``/``eval_fid.py`` flags and what ``metrics.json`` records.
+
+Ground floor: imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+
+class _NotGiven:
+    """The value of a setting the caller left out: take the stored one (``None`` can be a value)."""
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self):
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Any = _NotGiven()
+SAMPLERS = ("euler", "heun", "sde")
+
+
+def _flag(name: str, help: str, **argparse_kwargs) -> dict:
+    return {"flag": name, "help": help, **argparse_kwargs}
+
+
+@dataclass
+class SamplingSettings:
+    """How ``FlashDiTPipeline.__call__`` integrates. A pipeline stores its own (``pipe.config.sampling``; the
+    converters record the authors' settings, training the recipe's), arguments given to a call override them,
+    and whatever is in neither takes the defaults below.
+
+    Attributes:
+        guidance_scale: classifier-free guidance scale (1.0 = no guidance).
+        num_inference_steps: integration steps over ``num_inference_steps + 1`` grid points from t=0 (noise) to
+            t=1 (data); Heun makes two model calls per step.
+        sampler: ``"euler"``, ``"heun"`` or ``"sde"``.
+        guidance_interval: ``(low, high)``: guide only while ``low <= t <= high``.
+        timestep_shift: ``s`` in ``t' = s·t / (1 + (s - 1)·t)``; 1.0 is no shift.
+        cfg_channels: guide only the first N channels (DiT's quirk); None guides all.
+    """
+
+    guidance_scale: float = field(default=1.0, metadata=_flag("--cfg", "guidance scale", type=float, metavar="SCALE"))
+    num_inference_steps: int = field(default=50, metadata=_flag("--steps", "integration steps", type=int, metavar="N"))
+    sampler: Literal[SAMPLERS] = field(default="euler", metadata=_flag("--sampler", "integrator", choices=SAMPLERS))
+    guidance_interval: tuple[float, float] = field(
+        default=(0.0, 1.0),
+        metadata=_flag(
+            "--guidance-interval", "guide only for LOW <= t <= HIGH", type=float, nargs=2, metavar=("LOW", "HIGH")
+        ),
+    )
+    timestep_shift: float = field(
+        default=1.0, metadata=_flag("--shift", "timestep shift s (LightningDiT: 0.3)", type=float, metavar="S")
+    )
+    cfg_channels: int | None = field(
+        default=None,
+        metadata=_flag("--cfg-channels", "guide only the first N channels; 0: all", type=int, metavar="N"),
+    )
+
+    def __post_init__(self):
+        self.guidance_interval = tuple(self.guidance_interval)
+        _finite("guidance_scale", self.guidance_scale)
+        _finite("timestep_shift", self.timestep_shift)
+        if self.timestep_shift <= 0:
+            raise ValueError(f"timestep_shift={self.timestep_shift} must be positive")
+        n = self.num_inference_steps
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_inference_steps={n!r} must be an integer at least 1")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        if len(self.guidance_interval) != 2:
+            raise ValueError(f"guidance_interval={self.guidance_interval!r} must be (low, high)")
+        for value in self.guidance_interval:
+            _finite("guidance_interval", value)
+        low, high = self.guidance_interval
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"guidance_interval={self.guidance_interval} must satisfy 0 <= low <= high <= 1")
+        c = self.cfg_channels
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c <= 0):
+            raise ValueError(f"cfg_channels={c!r} must be a positive integer, or None for all channels")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(SamplingSettings)]
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> SamplingSettings:
+        """From a stored mapping (``model_index.json``); unknown keys are an error."""
+        values = dict(values or {})
+        unknown = set(values) - set(cls.names())
+        if unknown:
+            raise ValueError(f"unknown sampling settings {sorted(unknown)}; allowed: {cls.names()}")
+        return cls(**values)
+
+    def updated(self, **given) -> SamplingSettings:
+        """A copy with the given values; ``NOT_GIVEN`` values keep this one's."""
+        return SamplingSettings.from_dict({**self.to_dict(), **{k: v for k, v in given.items() if v is not NOT_GIVEN}})
+
+    def to_dict(self) -> dict:
+        """The sampling fields only (a subclass's extra fields are left out), JSON-ready."""
+        out = {name: getattr(self, name) for name in self.names()}
+        out["guidance_interval"] = list(out["guidance_interval"])
+        return out
+
+
+def _finite(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be a finite number")
+
+
+# --------------------------------------------------------------------------------------------
+# command-line flags derived from the dataclass
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (``--cfg``, ``--steps``, ...), each defaulting to ``NOT_GIVEN``: left out, the
+    pipeline's stored value applies, then the :class:`SamplingSettings` default."""
+    group = parser.add_argument_group("sampling (left out: the pipeline's stored value, then the default)")
+    for f in fields(SamplingSettings):
+        meta = dict(f.metadata)
+        name, help_text = meta.pop("flag"), meta.pop("help")
+        default = "all channels" if f.default is None else f.default
+        group.add_argument(name, dest=f.name, default=NOT_GIVEN, help=f"{help_text} (default {default})", **meta)
+
+
+def sampling_flags_given(args: argparse.Namespace) -> dict:
+    """The sampling settings given on the command line (``--cfg-channels 0`` means all channels: None)."""
+    given = {name: getattr(args, name) for name in SamplingSettings.names()}
+    given = {k: v for k, v in given.items() if v is not NOT_GIVEN}
+    if given.get("cfg_channels") == 0:
+        given["cfg_channels"] = None
+    return given
