@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from accelerate import PartialState
+from PIL import Image
 
+from flashdit.classifier import score_class_accuracy
 from flashdit.cli import run
 from flashdit.evaluation import (
     METRICS,
@@ -53,8 +55,8 @@ def _shown(value, missing: str = "default") -> str:
     return missing if value is NOT_GIVEN else str(value)
 
 
-def main(args: argparse.Namespace) -> dict:
-    state = PartialState()
+def check_args(args: argparse.Namespace) -> tuple[list[str], dict]:
+    """Everything about the arguments that needs no model: ``(metrics, sampling settings given)``."""
     metrics = list(dict.fromkeys(args.metrics))
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
@@ -66,33 +68,30 @@ def main(args: argparse.Namespace) -> dict:
         raise ValueError(f"--metrics {metrics} need --reference (image folder, .npz, or saved statistics)")
     given = sampling_flags_given(args)
     SamplingSettings().updated(**given)  # a bad value fails before the model loads
-    out = Path(args.out) if args.out else default_out(args)
-    if state.is_main_process:
-        check_writable(out, "--out")
-    pipe = load_pipeline(args.model, args.device or state.device, args.dtype)
-    pipe.set_progress_bar_config(disable=True)
-    num_classes = pipe.transformer.config.num_classes
-    labels = balanced_labels(args.num_samples, num_classes)
-    seeds = [args.seed + i for i in range(args.num_samples)]
-    # every setting that runs, resolved from the flags, the pipeline's stored values and the defaults
-    settings = dict(
+    return metrics, given
+
+
+def resolve_settings(args: argparse.Namespace, pipe, given: dict) -> dict:
+    """Every setting that runs, from the flags, the pipeline's stored values and the defaults, with the real
+    height and width; plus what existing shards depend on (the shard size, the model's weights), so that a
+    rerun with anything changed is refused instead of mixing old and new samples."""
+    default_side = pipe.transformer.config.sample_size * pipe.vae_scale_factor
+    return dict(
         model=str(args.model),
         num_samples=args.num_samples,
         seed=args.seed,
         **SamplingSettings.from_dict(pipe.config.sampling).updated(**given).to_dict(),
-        height=args.height,
-        width=args.width,
+        height=args.height or default_side,
+        width=args.width or default_side,
         dtype=args.dtype,
+        shard_size=args.shard_size,
+        model_fingerprint=model_fingerprint(args.model),
     )
-    default_side = pipe.transformer.config.sample_size * pipe.vae_scale_factor
-    settings["height"] = settings["height"] or default_side
-    settings["width"] = settings["width"] or default_side
-    # what existing shards depend on beyond the sampling settings: a retrained model or another shard size
-    # must not reuse them (sample_shards refuses an --out made with other settings)
-    settings["shard_size"] = args.shard_size
-    settings["model_fingerprint"] = model_fingerprint(args.model)
 
-    # 1. reference first: a bad --reference fails before an hour of sampling
+
+def load_checked_reference(args: argparse.Namespace, metrics: list[str], settings: dict, state):
+    """The Inception network and the reference, checked against the metrics and the sample size (before an
+    hour of sampling): ``(inception or None, reference or None)``."""
     inception = None
     if metrics:
         inception = InceptionFeatures(args.inception_weights, state.device, args.inception_batch_size)
@@ -108,6 +107,22 @@ def main(args: argparse.Namespace) -> dict:
             f"--reference {args.reference} holds {reference.size[0]}x{reference.size[1]} images, the samples are "
             f"{size[0]}x{size[1]}: compare like with like (set --height/--width, or make a reference at that size)"
         )
+    return inception, reference
+
+
+def main(args: argparse.Namespace) -> dict:
+    state = PartialState()
+    metrics, given = check_args(args)
+    out = Path(args.out) if args.out else default_out(args)
+    if state.is_main_process:
+        check_writable(out, "--out")
+    pipe = load_pipeline(args.model, args.device or state.device, args.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    labels = balanced_labels(args.num_samples, pipe.transformer.config.num_classes)
+    seeds = [args.seed + i for i in range(args.num_samples)]
+    settings = resolve_settings(args, pipe, given)
+    # 1. reference first: a bad --reference fails before an hour of sampling
+    inception, reference = load_checked_reference(args, metrics, settings, state)
 
     # 2. samples (and their Inception features), resumable and split across processes
     start = time.perf_counter()
@@ -137,7 +152,7 @@ def main(args: argparse.Namespace) -> dict:
         compute_metrics(features, reference, metrics, args.kid_subset_size, inception.has_logits) if metrics else {}
     )
     if args.classifier:
-        results.update(_class_accuracy(args.classifier, images, sample_labels))
+        results.update(score_class_accuracy(args.classifier, images, sample_labels))
     report = {
         "metrics": results,
         "settings": settings,
@@ -154,30 +169,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def _to_pil(img: np.ndarray):
-    from PIL import Image
-
     return Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-
-
-def _class_accuracy(which: str, images: np.ndarray, labels: np.ndarray) -> dict:
-    from safetensors.torch import load_file
-
-    from flashdit.classifier import SmallCNN, class_accuracy, fashion_mnist_classifier
-    from flashdit.evaluation import INCEPTION_DEFAULT
-
-    if which == "fashion-mnist":
-        model, test_acc = fashion_mnist_classifier(INCEPTION_DEFAULT.parent / "fashion_mnist_classifier.safetensors")
-    else:
-        path = Path(which)
-        if not path.is_file():
-            raise FileNotFoundError(f"--classifier {which}: no such file (or use 'fashion-mnist')")
-        meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {}
-        model = SmallCNN(images.shape[-1], int(labels.max()) + 1)
-        model.load_state_dict(load_file(path))
-        test_acc = meta.get("test_accuracy")
-    out = class_accuracy(model, images, labels)
-    out["classifier_test_accuracy"] = test_acc
-    return out
 
 
 def _print_table(results: dict, settings: dict, out: Path) -> None:

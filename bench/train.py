@@ -5,8 +5,8 @@ and with global attention + sin-cos position embedding, measured side by side.
     python bench/train.py                # fp32, CPU threads as configured
     python bench/train.py --repeats 10 --s2-batch 16
 
-One step = sample t and noise, forward, flow loss (MSE; + cosine on multi-channel latents), backward, grad clip,
-AdamW.
+One step is the training loop's own (``flashdit.training.train_step``): t and noise, forward, flow loss (MSE;
++ cosine on multi-channel latents), backward, gradient norm and clipping, AdamW, LR schedule, EMA.
 """
 
 from __future__ import annotations
@@ -21,32 +21,19 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import markdown_table, time_round_robin
 
-from flashdit import flow
 from flashdit.config import load_config
-from flashdit.training import build_model
+from flashdit.training import make_train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ["model.mixer=attention", "model.kernel_size=null", "model.pos_embed=sincos"]
 
 
-def make_step(model_cfg, info: dict, batch: int, device: torch.device, cosine_weight: float = 0.0):
-    torch.manual_seed(0)
-    model = build_model(model_cfg, info).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
-    x1 = torch.randn(batch, info["channels"], info["size"], info["size"], device=device)
-    y = torch.randint(0, info["num_classes"], (batch,), device=device)
-
-    def step():
-        x0 = torch.randn_like(x1)
-        t = flow.sample_t(batch, "logit_normal", device=device)
-        v = model(flow.interpolate(x1, x0, t), t, y).sample
-        loss, _ = flow.flow_loss(v, flow.velocity_target(x1, x0), cosine_weight)
-        loss.mean().backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step, model.num_parameters()
+def make_step(cfg, info: dict, batch: int, device: torch.device):
+    """The package's full training step (flashdit.training.train_step, EMA included) on a fixed batch."""
+    cfg.train.global_batch_size = batch
+    cfg.flow.cosine_weight = 1.0 if info["channels"] > 1 else 0.0  # the cosine term is inert on one channel
+    step = make_train_step(cfg, info, device)
+    return step, step.state.model.num_parameters()
 
 
 def main(args) -> None:
@@ -57,15 +44,15 @@ def main(args) -> None:
     fm_info = dict(channels=1, size=32, num_classes=10)
     latent_info = dict(channels=4, size=32, num_classes=1000)
     cases = {
-        ("quickstart", "iwin"): (quick.model, fm_info, args.quick_batch),
+        ("quickstart", "iwin"): (quick, fm_info, args.quick_batch),
         ("quickstart", "attention"): (
-            load_config(ROOT / "configs" / "fashion_mnist_attention.yaml").model,
+            load_config(ROOT / "configs" / "fashion_mnist_attention.yaml"),
             fm_info,
             args.quick_batch,
         ),
-        ("FlashDiT-S/2 256px", "iwin"): (s2.model, latent_info, args.s2_batch),
+        ("FlashDiT-S/2 256px", "iwin"): (s2, latent_info, args.s2_batch),
         ("FlashDiT-S/2 256px", "attention"): (
-            load_config(None, ["model.size=FlashDiT-S/2", *BASELINE]).model,
+            load_config(None, ["model.size=FlashDiT-S/2", *BASELINE]),
             latent_info,
             args.s2_batch,
         ),
@@ -77,8 +64,7 @@ def main(args) -> None:
         steps, params, batch = {}, {}, {}
         for mixer in ("iwin", "attention"):
             cfg, info, b = cases[(model_name, mixer)]
-            cos = 1.0 if info["channels"] > 1 else 0.0  # the cosine term is inert on one channel
-            steps[mixer], params[mixer] = make_step(cfg, info, b, device, cos)
+            steps[mixer], params[mixer] = make_step(cfg, info, b, device)
             batch[mixer] = b
         t = time_round_robin(steps, args.repeats, min_seconds=args.min_seconds)
         for mixer in ("iwin", "attention"):

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import ConfigError
+from .training import TrainingDiverged
 
 # What bad arguments, files and configs raise: the message names the argument, the value and what is allowed.
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -16,8 +17,6 @@ USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, I
 
 def run(main: Callable[..., Any], *args: Any) -> Any:
     """Call ``main(*args)``; on a user error print ``prog: error: message`` (one line) and exit with 2."""
-    from .training import TrainingDiverged
-
     try:
         return main(*args)
     except USER_ERRORS + (TrainingDiverged,) as err:

@@ -15,6 +15,7 @@ Every source key must be used and every target key filled, or the error lists th
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -320,8 +321,6 @@ def main(argv=None) -> Path:
         check_output_dir(args.out, VAE_ENTRIES, "config.json", "diffusers AutoencoderKL")
     else:
         check_output_dir(args.out, PIPELINE_ENTRIES, "model_index.json", "FlashDiT pipeline")
-
-    import json
 
     vae_config = json.loads(Path(args.vae_config).read_text()) if args.vae_config else None
     if args.source == "vae":

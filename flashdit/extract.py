@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
+from diffusers import AutoencoderKL
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -105,8 +106,6 @@ class ImageSource:
 def load_vae(source: str, subfolder: str | None, device):
     if source.lower() == "none":
         return None
-    from diffusers import AutoencoderKL
-
     return AutoencoderKL.from_pretrained(source, subfolder=subfolder).to(device).eval()
 
 

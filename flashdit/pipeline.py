@@ -216,6 +216,42 @@ class FlashDiTPipeline(DiffusionPipeline):
                 )
         return height, width
 
+    def check_inputs(self, output_type: str, num_images_per_prompt, callback_tensor_inputs) -> None:
+        """The call's arguments that need no model, checked before any work."""
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        n = num_images_per_prompt
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_images_per_prompt={n!r} must be a positive integer")
+        if set(callback_tensor_inputs or ["latents"]) - set(self._callback_tensor_inputs):
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}")
+        self._check_scheduler()
+
+    def prepare_latents(self, shape: tuple, generator, latents: torch.Tensor | None, device) -> torch.Tensor:
+        """The initial noise (float32 whatever the model dtype): drawn per image, or checked when given."""
+        if latents is None:
+            return flow.per_sample_noise(torch.empty(shape, device=device), generator)
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} for these labels and size, got {tuple(latents.shape)}")
+        if not torch.isfinite(latents).all():
+            raise ValueError("latents contain NaN or infinite values")
+        return latents.to(device=device, dtype=torch.float32)
+
+    def _guided_velocity(self, settings: SamplingSettings, labels: torch.Tensor, autocast: bool):
+        """``v(x, t)`` with classifier-free guidance; the scale is read at every call (callbacks may change it)."""
+        device = labels.device
+        use_autocast = autocast and device.type == "cuda" and self.transformer.dtype == torch.float32
+
+        def model(x, t, y):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                return self.transformer(x.to(self.transformer.dtype), t, y).sample.float()
+
+        def velocity(x, t):
+            guidance = flow.Guidance(self._guidance_scale, settings.guidance_interval, settings.cfg_channels)
+            return guidance.velocity(model, x, t, labels, self.transformer.config.num_classes)
+
+        return velocity
+
     @torch.no_grad()
     def __call__(
         self,
@@ -273,15 +309,7 @@ class FlashDiTPipeline(DiffusionPipeline):
         )
         given = {k: v for k, v in given.items() if v is not None}  # diffusers callers pass None for "default"
         settings = SamplingSettings.from_dict(self.config.sampling).updated(**given, cfg_channels=cfg_channels)
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        self._check_scheduler()
-        if (
-            isinstance(num_images_per_prompt, bool)
-            or not isinstance(num_images_per_prompt, int)
-            or (num_images_per_prompt < 1)
-        ):
-            raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be a positive integer")
+        self.check_inputs(output_type, num_images_per_prompt, callback_on_step_end_tensor_inputs)
         self._guidance_scale, self._interrupt = settings.guidance_scale, False
         device = self._execution_device
         labels = self._label_tensor(class_labels, device).repeat_interleave(num_images_per_prompt)
@@ -292,33 +320,15 @@ class FlashDiTPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != B:
             raise ValueError(f"got {len(generator)} generators for {B} images; pass one per image or one")
 
-        # 1. initial noise, float32 whatever the model dtype
-        if latents is None:
-            latents = flow.per_sample_noise(torch.empty(shape, device=device), generator)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape} for these labels and size, got {tuple(latents.shape)}")
-        elif not torch.isfinite(latents).all():
-            raise ValueError("latents contain NaN or infinite values")
-        latents = latents.to(device=device, dtype=torch.float32)
+        latents = self.prepare_latents(shape, generator, latents, device)
 
         # 2. time grid (t=0 noise -> t=1 data); the scheduler holds it in its own terms (sigma = 1 - t)
         times = flow.time_grid(settings.num_inference_steps, settings.timestep_shift)
         self.scheduler.set_timesteps(sigmas=(1 - times[:-1]).tolist(), device=device)
         self._num_timesteps = settings.num_inference_steps
-        use_autocast = autocast and device.type == "cuda" and self.transformer.dtype == torch.float32
-
-        def model(x, t, y):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                return self.transformer(x.to(self.transformer.dtype), t, y).sample.float()
-
-        def velocity(x, t):
-            guidance = flow.Guidance(self._guidance_scale, settings.guidance_interval, settings.cfg_channels)
-            return guidance.velocity(model, x, t, labels, self.transformer.config.num_classes)
+        velocity = self._guided_velocity(settings, labels, autocast)
 
         # 3. integrate with the sampler loop every path shares (flow.sample)
-        names = callback_on_step_end_tensor_inputs or ["latents"]
-        if set(names) - set(self._callback_tensor_inputs):
-            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}")
         with self.progress_bar(total=self._num_timesteps) as progress:
 
             def on_step(i: int, t: float, x: torch.Tensor) -> torch.Tensor:

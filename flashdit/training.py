@@ -216,7 +216,12 @@ def make_train_step(cfg: ExperimentConfig, info: dict, device: torch.device, see
     state.ema.to(device)
     x1 = torch.randn(t.global_batch_size, info["channels"], info["size"], info["size"], device=device)
     y = torch.randint(0, info["num_classes"], (t.global_batch_size,), device=device)
-    return lambda: train_step(state, [(x1, y)], cfg)
+
+    def step():
+        return train_step(state, [(x1, y)], cfg)
+
+    step.state = state  # the model, EMA and optimizer it trains
+    return step
 
 
 def check_run_settings(cfg: ExperimentConfig) -> None:

@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# downloaded or built assets (Inception weights, the Fashion-MNIST judge); FLASHDIT_CACHE moves it
+CACHE_DIR = Path(os.environ.get("FLASHDIT_CACHE", Path.home() / ".cache" / "flashdit"))
 
 
 _UMASK = os.umask(0)

@@ -267,7 +267,7 @@ def score(run_dir: Path, settings: list[dict], n: int, args) -> list[dict]:
     import numpy as np
     import torch
 
-    from flashdit.classifier import class_accuracy, fashion_mnist_classifier
+    from flashdit.classifier import JUDGE_CACHE, class_accuracy, fashion_mnist_classifier
     from flashdit.evaluation import balanced_labels, compute_metrics
     from flashdit.pipeline import load_pipeline
     from flashdit.sampling import generate
@@ -277,7 +277,7 @@ def score(run_dir: Path, settings: list[dict], n: int, args) -> list[dict]:
     if todo:
         pipe = load_pipeline(str(run_dir / "pipeline"), args.device)
         pipe.set_progress_bar_config(disable=True)
-        judge, judge_acc = fashion_mnist_classifier(Path(args.cache) / "fashion_mnist_classifier.safetensors")
+        judge, judge_acc = fashion_mnist_classifier(Path(args.cache) / JUDGE_CACHE.name if args.cache else JUDGE_CACHE)
         ref = reference(args)
         labels = balanced_labels(n, 10)
         for setting in todo:
@@ -561,8 +561,7 @@ def common_argv(args) -> list[str]:
         args.device,
         "--threads",
         str(args.threads),
-        "--cache",
-        args.cache,
+        *(["--cache", args.cache] if args.cache else []),
         "--sample-batch",
         str(args.sample_batch),
         "--scale",
@@ -594,7 +593,7 @@ def parse_args(argv=None):
     p.add_argument("--plan", choices=["grid", "cpu"], default="grid", help="(search) the grid, or the 2-core plan")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per run (cost: the budget's cores)")
     p.add_argument("--data", default=None, help="Fashion-MNIST IDX directory (default: Debian's)")
-    p.add_argument("--cache", default=str(Path.home() / ".cache" / "flashdit"), help="where the judge CNN is cached")
+    p.add_argument("--cache", default=None, help="directory of the judge CNN (default: flashdit's, $FLASHDIT_CACHE)")
     p.add_argument("--inception-weights", default=None)
     p.add_argument("--sample-batch", type=int, default=250)
     p.add_argument("--scale", type=float, default=1.0, help="multiply every budget (smoke tests: 0.001)")

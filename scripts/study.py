@@ -86,11 +86,11 @@ def score(images, labels, features: dict, size: int, args) -> dict:
     """FID and KID against the real test set at ``size``, and the judge's class accuracy, which it reads on
     the central 32x32 crop, where the data put the garment."""
     from flashdit.classifier import class_accuracy, fashion_mnist_classifier
-    from flashdit.evaluation import INCEPTION_DEFAULT, compute_metrics
+    from flashdit.evaluation import compute_metrics
 
     n = len(images)
     metrics = compute_metrics(features, reference(size, args), ["fid", "kid"], kid_subset_size=min(500, n))
-    judge, judge_acc = fashion_mnist_classifier(INCEPTION_DEFAULT.parent / "fashion_mnist_classifier.safetensors")
+    judge, judge_acc = fashion_mnist_classifier()
     crop = (size - SIZES[0]) // 2
     acc = class_accuracy(judge, images[:, crop : crop + SIZES[0], crop : crop + SIZES[0]], labels)
     return {
@@ -143,8 +143,8 @@ def val_loss(name: str, args, num_images: int = 200, times=(0.1, 0.3, 0.5, 0.7, 
         return json.loads(path.read_text())
     import torch
 
-    from flashdit import flow
     from flashdit.data import load_idx_split, pad_and_scale
+    from flashdit.evaluation import held_out_flow_loss
     from flashdit.pipeline import load_pipeline
 
     model = load_pipeline(str(Path(args.out) / name / "pipeline"), "cpu").transformer.eval()
@@ -152,27 +152,11 @@ def val_loss(name: str, args, num_images: int = 200, times=(0.1, 0.3, 0.5, 0.7, 
     images, labels = images[:num_images], torch.from_numpy(labels[:num_images]).long()
     result = {}
     for size in (SIZES[0], SIZES[-1]):
-        x1 = pad_and_scale(images, size)
-        gen = torch.Generator().manual_seed(args.seed)
-        c = (size - SIZES[0]) // 2  # the central 32x32: the same pixels at every size (garment + 2 px border)
-        inner, outer = [], []
-        with torch.no_grad():
-            for t_value in times:
-                x0 = torch.randn(x1.shape, generator=gen)
-                t = torch.full((len(x1),), t_value)
-                for i in range(0, len(x1), 50):
-                    b = slice(i, i + 50)
-                    err = (
-                        model(flow.interpolate(x1[b], x0[b], t[b]), t[b], labels[b]).sample
-                        - flow.velocity_target(x1[b], x0[b])
-                    ) ** 2
-                    centre = err[..., c : c + SIZES[0], c : c + SIZES[0]]
-                    inner.append(centre.mean().item())
-                    if c:
-                        outer.append((err.sum() - centre.sum()).item() / (err.numel() - centre.numel()))
-        result[f"{size}px"] = sum(inner) / len(inner)
-        if outer:
-            result[f"{size}px_border"] = sum(outer) / len(outer)
+        # the central 32x32: the same pixels at every size (garment + 2 px border)
+        per_t = held_out_flow_loss(model, pad_and_scale(images, size), labels, times, args.seed, crop=SIZES[0])
+        result[f"{size}px"] = sum(v["mse"] for v in per_t.values()) / len(per_t)
+        if size != SIZES[0]:
+            result[f"{size}px_border"] = sum(v["border"] for v in per_t.values()) / len(per_t)
     write_json(path, result)
     return result
 
@@ -388,6 +372,8 @@ def main(args) -> None:
             val_loss(name, args)
     results = collect(list(RUNS), args)
     done = {k: v for k, v in results.items() if "cfg1.0_32px" in v["eval"] and "cfg1.5_32px" in v["eval"]}
+    if not done:
+        raise SystemExit(f"study.py: error: no scored runs in {args.out} yet; run without --report-only first")
     print(report(done, args).read_text())
 
 
