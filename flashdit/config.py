@@ -75,7 +75,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # diffusers get_scheduler, warm-up from 0
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     ema_decay: float = 0.9999
