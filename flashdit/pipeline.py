@@ -4,6 +4,7 @@ a diffusers ``AutoencoderKL`` or directly in pixel space, at any resolution the 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -18,6 +19,7 @@ from .models.transformer import FlashDiTTransformer2DModel
 from .settings import NOT_GIVEN, SamplingSettings
 from .utils import DTYPES, default_device, save_dir_atomically
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_SIDE = 16384  # pixels per side: larger requests fail fast instead of trying to allocate the noise
 
 
@@ -38,6 +40,28 @@ def imagenet_id2label() -> dict[int, str]:
     """The 1000 ImageNet-1k class names (torchvision's spelling), id -> name."""
     text = resources.files("flashdit").joinpath("imagenet_classes.json").read_text()
     return {int(k): v for k, v in json.loads(text).items()}
+
+
+# A saved pipeline carries this module so that plain diffusers can load it the way custom pipelines on the Hub
+# load: ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)``. It only imports the installed package.
+REMOTE_CODE_MODULE = "pipeline_flashdit"
+REMOTE_CODE = '''"""FlashDiTPipeline for ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)``.
+
+The class is the installed FlashDiT package's (``pip install flashdit``); this file only imports it.
+"""
+
+from flashdit.pipeline import FlashDiTPipeline
+
+__all__ = ["FlashDiTPipeline"]
+'''
+_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant")
+
+
+def _carries_own_remote_code(folder: Path) -> bool:
+    """Whether ``folder``'s custom-code module is exactly the one :meth:`FlashDiTPipeline.save_pretrained` writes
+    (then loading it runs nothing but ``import flashdit``)."""
+    module = folder / f"{REMOTE_CODE_MODULE}.py"
+    return module.is_file() and module.read_text() == REMOTE_CODE
 
 
 class FlashDiTPipeline(DiffusionPipeline):
@@ -105,6 +129,36 @@ class FlashDiTPipeline(DiffusionPipeline):
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     # ----------------------------------------------------------------------------------------
+    # saving and loading: diffusers' own, plus the custom-pipeline module
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """diffusers' ``save_pretrained``, plus ``pipeline_flashdit.py`` so that
+        ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)`` finds the class (with push_to_hub too)."""
+        Path(save_directory).mkdir(parents=True, exist_ok=True)
+        (Path(save_directory) / f"{REMOTE_CODE_MODULE}.py").write_text(REMOTE_CODE)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def to_json_string(self) -> str:
+        data = json.loads(super().to_json_string())
+        data["_class_name"] = [REMOTE_CODE_MODULE, type(self).__name__]  # diffusers' custom-pipeline convention
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """diffusers' ``from_pretrained``. A directory saved by this class needs no ``trust_remote_code``: its
+        custom-pipeline module is checked to be exactly the one-line import this package writes; any other
+        custom code still needs the caller's ``trust_remote_code=True``."""
+        path = pretrained_model_name_or_path
+        if "trust_remote_code" not in kwargs:
+            if not Path(path).is_dir() and _HUB_ID.match(str(path)):  # fetch the files (nothing runs) to check them
+                path = cls.download(
+                    str(path), trust_remote_code=True, **{k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs}
+                )
+            if Path(path).is_dir() and _carries_own_remote_code(Path(path)):
+                kwargs["trust_remote_code"] = True
+        return super().from_pretrained(path, **kwargs)
+
+    # ----------------------------------------------------------------------------------------
     # labels
 
     @property
@@ -112,19 +166,25 @@ class FlashDiTPipeline(DiffusionPipeline):
         return {int(k): v for k, v in self.config.id2label.items()}
 
     @property
-    def labels(self) -> dict[str, int]:
-        """Every name and synonym (comma-separated in ``id2label``), lower-cased -> class id."""
-        out = {}
+    def labels(self) -> dict[str, list[int]]:
+        """Every name and synonym (comma-separated in ``id2label``), lower-cased -> the class ids it names (more
+        than one where names collide, e.g. ImageNet's "crane": the bird and the machine)."""
+        out: dict[str, list[int]] = {}
         for idx, names in self.id2label.items():
             for name in names.split(","):
-                out.setdefault(name.strip().lower(), idx)
+                ids = out.setdefault(name.strip().lower(), [])
+                if idx not in ids:
+                    ids.append(idx)
         return out
 
     def get_label_ids(self, label: str | Sequence[str]) -> list[int]:
-        """Class ids of one name or a list of names (case-insensitive; synonyms count).
+        """Class ids of one name or a list of names (synonyms count, as in diffusers' DiT ``id2label``).
+
+        A name is matched with its case first, then without: ``"Cardigan"`` is the corgi, ``"cardigan"`` the
+        sweater. A name that still names several classes is an error listing them.
 
         Raises:
-            ValueError: for a name that is not a class of this pipeline.
+            ValueError: for a name that is not a class of this pipeline, or that names more than one.
         """
         names = [label] if isinstance(label, str) else list(label)
         table = self.labels
@@ -132,7 +192,15 @@ class FlashDiTPipeline(DiffusionPipeline):
         if missing:
             known = ", ".join(list(table)[:8])
             raise ValueError(f"unknown class name(s) {missing}; known names include: {known}, ...")
-        return [table[n.strip().lower()] for n in names]
+        return [self._one_label_id(n.strip(), table[n.strip().lower()]) for n in names]
+
+    def _one_label_id(self, name: str, ids: list[int]) -> int:
+        if len(ids) > 1:  # the exact spelling may still decide
+            ids = [i for i in ids if name in (n.strip() for n in self.id2label[i].split(","))] or ids
+        if len(ids) > 1:
+            named = "; ".join(f"{i} ({self.id2label[i]})" for i in ids)
+            raise ValueError(f"class name {name!r} names {len(ids)} classes: {named}; pass the id or another name")
+        return ids[0]
 
     def _label_tensor(self, class_labels, device: torch.device) -> torch.Tensor:
         if isinstance(class_labels, torch.Tensor):
@@ -353,9 +421,6 @@ class FlashDiTPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 def load_pipeline(path: str, device: str | torch.device | None = None, dtype: str = "fp32"):
     """Load a ``FlashDiTPipeline`` from a directory (or a hub id when online) onto a device."""
     if dtype not in DTYPES:
@@ -370,7 +435,7 @@ def load_pipeline(path: str, device: str | torch.device | None = None, dtype: st
     return pipe if dtype == "fp32" else pipe.to(DTYPES[dtype])
 
 
-PIPELINE_ENTRIES = {"model_index.json", "transformer", "scheduler", "vae"}
+PIPELINE_ENTRIES = {"model_index.json", "transformer", "scheduler", "vae", f"{REMOTE_CODE_MODULE}.py"}
 
 
 def export_pipeline(pipe: FlashDiTPipeline, out_dir: str | Path) -> Path:

@@ -1,5 +1,7 @@
 """FlashDiTPipeline: scheduler agreement, known-answer sampling, seeds, sizes, labels, save/load, errors."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -196,6 +198,15 @@ def test_class_names_and_imagenet_labels():
     assert imagenet.get_label_ids("golden retriever") == [207]
     assert imagenet.get_label_ids(["tench", "goldfish"]) == [0, 1]
     assert len(imagenet.id2label) == 1000
+    # synonyms as in diffusers' DiT id2label (its pipeline example asks for "white shark")
+    assert imagenet.get_label_ids(["white shark", "Carcharodon carcharias", "man-eater"]) == [2, 2, 2]
+    # a name of two classes: the exact spelling decides, else an error naming both ids
+    assert imagenet.get_label_ids(["Cardigan", "cardigan"]) == [264, 474]
+    with pytest.raises(ValueError, match=r"'CARDIGAN' names 2 classes: 264 \(Cardigan.*; 474 \(cardigan\)"):
+        imagenet.get_label_ids("CARDIGAN")
+    with pytest.raises(ValueError, match=r"'crane' names 2 classes: 134 .*; 517 "):
+        imagenet.get_label_ids("crane")
+    assert imagenet.get_label_ids("crane bird") == [134]
 
 
 @pytest.mark.parametrize(
@@ -323,3 +334,44 @@ def test_stored_official_settings_reproduce_the_official_grid_point_sampler():
         x = x + (t_next - t) * v
     assert pipe.num_timesteps == 249
     torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
+
+
+def test_saved_pipeline_loads_through_plain_diffusers_with_trust_remote_code(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from flashdit.pipeline import REMOTE_CODE_MODULE
+
+    pipe = pixel_pipe(sampling=dict(num_inference_steps=2))
+    pipe.save_pretrained(tmp_path / "p")
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert index["_class_name"] == [REMOTE_CODE_MODULE, "FlashDiTPipeline"]
+    want = pipe([3], generator=gens([0]), output_type="np").images
+
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "p", trust_remote_code=True)
+    assert type(loaded) is FlashDiTPipeline
+    np.testing.assert_array_equal(loaded([3], generator=gens([0]), output_type="np").images, want)
+    with pytest.raises(ValueError, match="trust_remote_code=True"):  # diffusers' own consent rule stands
+        DiffusionPipeline.from_pretrained(tmp_path / "p")
+    # the package's own class needs no consent for the module it wrote itself ...
+    np.testing.assert_array_equal(
+        FlashDiTPipeline.from_pretrained(tmp_path / "p")([3], generator=gens([0]), output_type="np").images, want
+    )
+    # ... but any other code in that module does
+    module = tmp_path / "p" / f"{REMOTE_CODE_MODULE}.py"
+    module.write_text(module.read_text() + "\nprint('something else')\n")
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        FlashDiTPipeline.from_pretrained(tmp_path / "p")
+
+
+def test_pipelines_saved_before_the_custom_pipeline_module_still_load(tmp_path):
+    pipe = pixel_pipe(sampling=dict(num_inference_steps=2))
+    pipe.save_pretrained(tmp_path / "old")
+    (tmp_path / "old" / "pipeline_flashdit.py").unlink()
+    index = json.loads((tmp_path / "old" / "model_index.json").read_text())
+    index["_class_name"] = "FlashDiTPipeline"  # the earlier layout
+    (tmp_path / "old" / "model_index.json").write_text(json.dumps(index))
+    loaded = FlashDiTPipeline.from_pretrained(tmp_path / "old")
+    np.testing.assert_array_equal(
+        loaded([3], generator=gens([0]), output_type="np").images,
+        pipe([3], generator=gens([0]), output_type="np").images,
+    )

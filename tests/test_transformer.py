@@ -295,3 +295,32 @@ def test_conv_init_xavier_matches_the_official_bound():
         assert torch.count_nonzero(block_x.mixer.conv.conv.bias) == 0
     with pytest.raises(ValueError, match="conv_init"):
         FlashDiTTransformer2DModel(**kw, conv_init="kaiming")
+
+
+def test_attention_backends_go_through_diffusers_dispatch():
+    """set_attention_backend routes every attention through diffusers' dispatch (math kernel here, the same
+    function), an unusable backend fails at once, reset returns to SDPA."""
+    model = randomize(tiny(sample_size=12, in_channels=4, window_size=4)).eval()
+    x, t, y = inputs(C=4, H=12, W=12)  # 6x6 tokens: padded windows, so the key mask is exercised too
+    want = model(x, t, y).sample
+    calls = []
+    import diffusers.models.attention_dispatch as dispatch
+
+    real = dispatch._AttentionBackendRegistry._backends[dispatch.AttentionBackendName._NATIVE_MATH]
+    dispatch._AttentionBackendRegistry._backends[dispatch.AttentionBackendName._NATIVE_MATH] = lambda *a, **k: (
+        calls.append(1) or real(*a, **k)
+    )
+    try:
+        model.set_attention_backend("_native_math")
+        torch.testing.assert_close(model(x, t, y).sample, want, atol=1e-5, rtol=1e-5)
+    finally:
+        dispatch._AttentionBackendRegistry._backends[dispatch.AttentionBackendName._NATIVE_MATH] = real
+    assert len(calls) == 2  # one per block
+    with pytest.raises(ValueError, match="not one of"):
+        model.set_attention_backend("warp-speed")
+    if not dispatch._CAN_USE_FLASH_ATTN:
+        with pytest.raises(RuntimeError, match="flash-attn"):
+            model.set_attention_backend("flash")
+    model.reset_attention_backend()
+    calls.clear()
+    torch.testing.assert_close(model(x, t, y).sample, want)

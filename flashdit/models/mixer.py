@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
 
 from .embeddings import apply_rope
@@ -192,6 +193,8 @@ class WindowAttention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
+        # None: SDPA; else a diffusers AttentionBackendName (FlashDiTTransformer2DModel.set_attention_backend)
+        self.attention_backend = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """
@@ -221,10 +224,14 @@ class WindowAttention(nn.Module):
         mask = grid.key_mask(x.device)
         if mask is not None:
             mask = mask.view(1, nW, 1, 1, L).expand(B, nW, 1, 1, L).reshape(B * nW, 1, 1, L)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        if self.attention_backend is None:  # PyTorch's SDPA (flash / memory-efficient kernels where they apply)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+        else:  # diffusers' attention dispatch, (batch, tokens, heads, head_dim) in and out
+            out = dispatch_attention_fn(q, k, v, attn_mask=mask, backend=self.attention_backend)
 
         # 4. project per token, then scatter the windows back to the grid and crop the padding
-        out = self.proj(out.transpose(1, 2).reshape(B, nW, L, C))
+        out = self.proj(out.reshape(B, nW, L, C))
         out = grid.from_windows(out)
         return out[:, :H, :W] if grid.padded else out
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .embeddings import LabelEmbedder, TimestepEmbedder, rope_tables_2d, sincos_pos_embed_2d
-from .mixer import IwinMixer
+from .mixer import IwinMixer, WindowAttention
 from .norms import RMSNorm
 
 MIXERS = ("iwin", "window", "attention", "conv")
@@ -300,6 +301,27 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin):
                     f"({cfg.num_classes} is the null class)"
                 )
         return timestep, class_labels.long()
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Run every attention (IW-MSA windows, global attention) through diffusers' attention dispatch with
+        ``backend`` (``"native"``, ``"flash"``, ``"sage"``, ``"_native_math"``, ...; see
+        ``diffusers.models.attention_dispatch.AttentionBackendName``); its requirements are checked now. Without
+        a backend set, the model calls PyTorch's ``scaled_dot_product_attention`` directly (and ignores
+        diffusers' ``attention_backend`` context manager and ``DIFFUSERS_ATTN_BACKEND``)."""
+        allowed = [b.value for b in AttentionBackendName]
+        if not isinstance(backend, str) or backend.lower() not in allowed:
+            raise ValueError(f"attention backend {backend!r} is not one of {allowed}")
+        backend = AttentionBackendName(backend.lower())
+        _check_attention_backend_requirements(backend)
+        for module in self.modules():
+            if isinstance(module, WindowAttention):
+                module.attention_backend = backend
+
+    def reset_attention_backend(self) -> None:
+        """Back to PyTorch's ``scaled_dot_product_attention``."""
+        for module in self.modules():
+            if isinstance(module, WindowAttention):
+                module.attention_backend = None
 
     def forward(
         self,
