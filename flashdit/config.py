@@ -64,6 +64,16 @@ class DataConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters (PEFT) on the transformer; everything else stays frozen."""
+
+    rank: int = 16
+    alpha: float | None = None  # default: rank (scale 1)
+    targets: list[Literal["attention", "mlp", "conv"]] = field(default_factory=lambda: ["attention", "mlp"])
+    dropout: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "runs/fashion_mnist"
     seed: int = 0
@@ -88,6 +98,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # fine-tuning: start from a pipeline's transformer (directory or hub id; its architecture replaces model.*)
+    init_from: str | None = None
+    lora: LoraConfig | None = None  # train adapters only (needs peft); with init_from, a LoRA fine-tune
 
 
 @dataclass

@@ -158,6 +158,14 @@ class FlashDiTPipeline(DiffusionPipeline):
                 kwargs["trust_remote_code"] = True
         return super().from_pretrained(path, **kwargs)
 
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None, **kwargs):
+        """Add a LoRA adapter to the transformer: a directory (or hub id, or state dict) written by
+        ``save_lora_adapter`` (as ``train.py`` with ``train.lora`` does: ``<run>/lora``). Needs peft."""
+        kwargs.setdefault("use_safetensors", True)
+        self.transformer.load_lora_adapter(
+            pretrained_model_name_or_path_or_dict, prefix=None, adapter_name=adapter_name, **kwargs
+        )
+
     # ----------------------------------------------------------------------------------------
     # labels
 

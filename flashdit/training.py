@@ -42,7 +42,7 @@ from .config import ExperimentConfig, ModelConfig, TrainConfig, to_dict
 from .data import LatentShardDataset, ResumableBatchSampler, fashion_mnist
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
 from .pipeline import FlashDiTPipeline, export_pipeline
-from .utils import atomic_path, image_grid, save_image
+from .utils import atomic_path, image_grid, save_dir_atomically, save_image
 
 # train.lr_schedule -> diffusers.optimization.get_scheduler's name (linear warm-up from 0 over warmup_steps)
 LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
@@ -118,6 +118,62 @@ def build_model(cfg: ModelConfig, info: dict) -> FlashDiTTransformer2DModel:
     return FlashDiTTransformer2DModel(**kwargs)
 
 
+def load_base_model(source: str, info: dict) -> FlashDiTTransformer2DModel:
+    """The transformer of pipeline ``source`` (directory or hub id) to fine-tune; it must take the data's channels
+    and classes (its grid size is only a default: the model is position-free)."""
+    try:
+        model = FlashDiTTransformer2DModel.from_pretrained(source, subfolder="transformer")
+    except OSError as err:
+        raise FileNotFoundError(f"train.init_from {source}: no FlashDiT pipeline transformer there ({err})") from None
+    for key, data_key in (("in_channels", "channels"), ("num_classes", "num_classes")):
+        if model.config[key] != info[data_key]:
+            raise ValueError(
+                f"train.init_from {source} has {key}={model.config[key]}, the data {data_key}={info[data_key]}: "
+                "fine-tuning keeps the base model's channels and classes"
+            )
+    return model.train()
+
+
+# train.lora.targets -> the modules they adapt (regular expression over module names, PEFT's target_modules)
+LORA_TARGETS = {"attention": r"mixer\.attn\.(qkv|proj)", "mlp": r"mlp\.(w12|w3)"}
+
+
+def add_lora(model: FlashDiTTransformer2DModel, lora) -> None:
+    """Freeze ``model`` and add a PEFT LoRA adapter (``default``) on ``lora.targets`` in every block."""
+    try:
+        from peft import LoraConfig as PeftLoraConfig
+    except ImportError:
+        raise ValueError("train.lora needs the peft package: pip install 'flashdit[lora]'") from None
+    if lora.rank < 1 or not lora.targets:
+        raise ValueError(f"train.lora needs rank >= 1 and at least one target, got {lora}")
+    if "conv" in lora.targets:
+        raise ValueError(
+            "train.lora.targets: 'conv' is not supported: PEFT adapts a depthwise convolution only with a rank "
+            "divisible by its channels and cannot merge it (and its 9 weights per channel leave nothing to "
+            "factorise); use [attention, mlp]"
+        )
+    pattern = r".*blocks\.\d+\.(" + "|".join(LORA_TARGETS[t] for t in dict.fromkeys(lora.targets)) + ")"
+    model.requires_grad_(False)
+    config = PeftLoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha if lora.alpha is not None else lora.rank,
+        lora_dropout=lora.dropout,
+        target_modules=pattern,
+        init_lora_weights="gaussian",
+    )
+    model.add_adapter(config)
+
+
+def merged_copy(model: FlashDiTTransformer2DModel) -> FlashDiTTransformer2DModel:
+    """A plain copy of ``model`` with its LoRA adapter folded into the weights (``model`` itself when it has none)."""
+    if not getattr(model, "_hf_peft_config_loaded", False):
+        return model
+    merged = copy.deepcopy(model)
+    merged.fuse_lora()
+    merged.unload_lora()
+    return merged
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     ema_params = list(ema.parameters())
@@ -167,13 +223,17 @@ class TrainState:
 
     @classmethod
     def create(cls, cfg: ExperimentConfig, info: dict) -> TrainState:
-        """A fresh model (seeded by the caller), its EMA copy, AdamW and the LR schedule."""
+        """The model (fresh and seeded by the caller, or ``train.init_from``'s, with ``train.lora`` adapters),
+        its EMA copy, AdamW over the trainable parameters and the LR schedule."""
         t = cfg.train
-        model = build_model(cfg.model, info)
+        model = load_base_model(t.init_from, info) if t.init_from else build_model(cfg.model, info)
+        if t.lora is not None:
+            add_lora(model, t.lora)
         if t.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         ema = copy.deepcopy(model).requires_grad_(False).eval()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         return cls(model, ema, optimizer, build_lr_scheduler(optimizer, t))
 
 
@@ -352,12 +412,15 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
             return list_checkpoints(output_dir)[-1]
     bar.close()
 
-    # export the EMA weights
+    # export the EMA weights (LoRA: folded into the pipeline, and the adapter on its own)
     accelerator.wait_for_everyone()
     out = output_dir / "pipeline"
     if accelerator.is_main_process:
-        export_pipeline(make_pipeline(state.ema, info, cfg), out)
+        export_pipeline(make_pipeline(merged_copy(state.ema), info, cfg), out)
         accelerator.print(f"exported the EMA pipeline to {out}")
+        if cfg.train.lora is not None:
+            save_lora(state.ema, output_dir / "lora")
+            accelerator.print(f"saved the EMA LoRA adapter to {output_dir / 'lora'}")
     accelerator.end_training()
     return out
 
@@ -468,17 +531,24 @@ def write_sample_grid(accelerator, pipe, cfg: ExperimentConfig, info: dict, outp
             tracker.log_images({"samples": np.asarray(grid.convert("RGB"))}, step=step, dataformats="HWC")
 
 
+def save_lora(model: FlashDiTTransformer2DModel, out_dir: Path) -> Path:
+    """The adapter alone, diffusers' way (``save_lora_adapter``: ``pytorch_lora_weights.safetensors`` with its PEFT
+    config), written atomically; load it with ``pipe.load_lora_weights(out_dir)`` on the base pipeline."""
+    name = "pytorch_lora_weights.safetensors"
+    return save_dir_atomically(model.save_lora_adapter, out_dir, {name}, name, "LoRA adapter")
+
+
 def export_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Export a checkpoint's EMA weights as a pipeline directory (no training)."""
     checkpoint = Path(checkpoint)
     check_checkpoint(checkpoint)
     info = build_dataset(cfg).info
-    model = build_model(cfg.model, info)
+    model = TrainState.create(cfg, info).ema  # the run's architecture, adapters included
     try:
         model.load_state_dict(load_file(checkpoint / "ema.safetensors"))
     except (RuntimeError, OSError, SafetensorError) as err:
         raise RuntimeError(f"{checkpoint}/ema.safetensors could not be loaded into this model config: {err}") from err
-    return export_pipeline(make_pipeline(model.eval(), info, cfg), out_dir)
+    return export_pipeline(make_pipeline(merged_copy(model.eval()), info, cfg), out_dir)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
@@ -118,7 +119,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin):
+class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """Class-conditional diffusion transformer on a 2-D latent (or pixel) grid of any size.
 
     Args:
