@@ -1,6 +1,7 @@
 """Run directories on disk: atomic, resumable checkpoints and the metrics log.
 
-A checkpoint ``checkpoints/step_0001000/`` holds ``model.safetensors``, ``ema.safetensors``,
+Model, EMA and optimizer are stored full (gathered from the shards under FSDP), so a run resumes on any
+number of processes. A checkpoint ``checkpoints/step_0001000/`` holds ``model.safetensors``, ``ema.safetensors``,
 ``optimizer.pt`` / ``scheduler.pt`` (read back with ``weights_only=True``), ``rng_rank{r}.pt`` per
 process and ``state.json``. It is written under a temporary name and renamed when complete, so a
 crash mid-write leaves the previous checkpoint as the newest complete one.
@@ -21,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .sharding import full_state_dict, is_sharded, load_full_state_dict, load_optimizer_state, optimizer_state
 from .utils import atomic_path
 
 if TYPE_CHECKING:
@@ -71,10 +73,13 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
+    model = accelerator.unwrap_model(model)
+    if accelerator.is_main_process or is_sharded(model):  # gathering shards takes every process
+        weights, ema_weights, optim = full_state_dict(model), full_state_dict(ema), optimizer_state(model, optimizer)
     if accelerator.is_main_process:
-        save_file(accelerator.unwrap_model(model).state_dict(), tmp / "model.safetensors")
-        save_file(ema.state_dict(), tmp / "ema.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file(weights, tmp / "model.safetensors")
+        save_file(ema_weights, tmp / "ema.safetensors")
+        torch.save(optim, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "num_processes": accelerator.num_processes}))
     accelerator.wait_for_everyone()
@@ -99,9 +104,11 @@ def load_checkpoint(accelerator: Accelerator, path: Path, model, ema, optimizer,
     (restored by the caller once nothing else will draw from the generators before the next step)."""
     check_checkpoint(path)
     try:
-        accelerator.unwrap_model(model).load_state_dict(load_file(path / "model.safetensors"))
-        ema.load_state_dict(load_file(path / "ema.safetensors"))
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        model = accelerator.unwrap_model(model)
+        load_full_state_dict(model, load_file(path / "model.safetensors"))
+        load_full_state_dict(ema, load_file(path / "ema.safetensors"))
+        optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        load_optimizer_state(model, optimizer, optim)
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         state = json.loads((path / "state.json").read_text())
     except (RuntimeError, OSError, ValueError, SafetensorError) as err:

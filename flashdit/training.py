@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -20,11 +21,12 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from diffusers.optimization import get_scheduler
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -42,6 +44,7 @@ from .config import ExperimentConfig, ModelConfig, TrainConfig, to_dict
 from .data import LatentShardDataset, ResumableBatchSampler, fashion_mnist
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
 from .pipeline import FlashDiTPipeline, export_pipeline
+from .sharding import full_state_dict, is_sharded, shard_like
 from .utils import atomic_path, image_grid, save_dir_atomically, save_image
 
 # train.lr_schedule -> diffusers.optimization.get_scheduler's name (linear warm-up from 0 over warmup_steps)
@@ -256,6 +259,8 @@ def train_step(state: TrainState, micro_batches, cfg: ExperimentConfig, output_d
                 # without clipping, an infinite threshold still measures the norm (logged, and checked)
                 clip = acc.clip_grad_norm_ if acc else torch.nn.utils.clip_grad_norm_
                 grad_norm = clip(state.params, t.max_grad_norm or math.inf)
+                if isinstance(grad_norm, DTensor):  # FSDP: the norm over all shards
+                    grad_norm = grad_norm.full_tensor()
                 if acc is not None:
                     check_finite(acc, loss, grad_norm, state.step + 1, output_dir)
             state.optimizer.step()
@@ -265,6 +270,15 @@ def train_step(state: TrainState, micro_batches, cfg: ExperimentConfig, output_d
     model = acc.unwrap_model(state.model) if acc else state.model
     ema_update(state.ema, model, ema_decay_at(state.step, t.ema_decay, t.ema_warmup))
     return loss, terms, grad_norm
+
+
+def gathered_ema(state: TrainState) -> FlashDiTTransformer2DModel:
+    """The EMA model as one plain module (gathered from its shards under FSDP: call it on every process)."""
+    if not is_sharded(state.ema):
+        return state.ema
+    plain = FlashDiTTransformer2DModel.from_config(state.ema.config)
+    plain.load_state_dict(full_state_dict(state.ema))
+    return plain.eval()
 
 
 def make_train_step(cfg: ExperimentConfig, info: dict, device: torch.device, seed: int = 0):
@@ -403,8 +417,10 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
                 run_state,
                 t.keep_checkpoints,
             )
-        if t.sample_every and (step % t.sample_every == 0 or step == t.max_steps) and accelerator.is_main_process:
-            write_sample_grid(accelerator, make_pipeline(state.ema, info, cfg), cfg, info, output_dir, step)
+        if t.sample_every and (step % t.sample_every == 0 or step == t.max_steps):
+            ema = gathered_ema(state)  # every process: gathering FSDP shards is a collective
+            if accelerator.is_main_process:
+                write_sample_grid(accelerator, make_pipeline(ema, info, cfg), cfg, info, output_dir, step)
         if stopping:
             bar.close()
             accelerator.print(f"stopped at step {step} (train.stop_after); resume with --resume")
@@ -415,8 +431,9 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
     # export the EMA weights (LoRA: folded into the pipeline, and the adapter on its own)
     accelerator.wait_for_everyone()
     out = output_dir / "pipeline"
+    ema = gathered_ema(state)
     if accelerator.is_main_process:
-        export_pipeline(make_pipeline(merged_copy(state.ema), info, cfg), out)
+        export_pipeline(make_pipeline(merged_copy(ema), info, cfg), out)
         accelerator.print(f"exported the EMA pipeline to {out}")
         if cfg.train.lora is not None:
             save_lora(state.ema, output_dir / "lora")
@@ -430,6 +447,13 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
     ``config.yaml`` and trackers. Returns ``(state, data info, micro-batch iterator)``."""
     t, output_dir = cfg.train, Path(cfg.train.output_dir)
     world = accelerator.num_processes
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != world:  # e.g. an FSDP or DeepSpeed config on a machine without GPUs: Accelerate falls back
+        raise ValueError(
+            f"launched {launched} processes but Accelerate runs {world} (distributed type "
+            f"{accelerator.distributed_type.value}): each would train alone into {output_dir}. FSDP and DeepSpeed "
+            "configs need GPUs; on CPUs launch with --multi_gpu and set train.cpu=true (gloo)"
+        )
     if t.global_batch_size % (world * t.grad_accum_steps):
         raise ValueError(
             f"train.global_batch_size={t.global_batch_size} must be divisible by processes ({world}) x "
@@ -440,10 +464,13 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
     dataset = build_dataset(cfg)
     info = dataset.info
     state = TrainState.create(cfg, info)
+    if t.lora is not None and accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError("train.lora with FSDP is not supported: LoRA fine-tunes fit one device; drop the FSDP config")
     state.model, state.optimizer = accelerator.prepare(state.model, state.optimizer)
     state.accelerator = accelerator
     state.params = [p for p in state.model.parameters() if p.requires_grad]
-    state.ema.to(accelerator.device)
+    # under FSDP the EMA is sharded like the model, so its update stays local to each process
+    state.ema = shard_like(state.ema.to(accelerator.device), accelerator.unwrap_model(state.model))
     if t.compile:
         accelerator.unwrap_model(state.model).compile(dynamic=False)
 

@@ -2,6 +2,9 @@
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -418,3 +421,51 @@ def test_the_default_tracker_writes_tensorboard_events(tmp_path, idx_dir):
     run_train(*cfg_args(tmp_path / "run", idx_dir, "train.max_steps=2", "train.trackers=[tensorboard]"))
     events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_cpu_processes_shards_and_resumes_exactly(tmp_path):
+    """Accelerate runs FSDP only on GPUs; PyTorch's FSDP2 runs on CPUs with gloo, so the sharded paths of the
+    package (train_step, the sharded EMA, checkpoint gather/scatter of model, EMA and optimizer) run here
+    with the model sharded by fully_shard directly (tests/workers/fsdp_resume.py)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519"]
+    proc = subprocess.run(
+        [*cmd, str(ROOT / "tests" / "workers" / "fsdp_resume.py"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["sharded"] and result["num_processes"] == 2 and result["local_fraction"] < 0.51
+    assert result["resume_exact_model"] and result["resume_exact_ema"] and result["ema_moved"]
+    assert result["gathered_ema_is_plain"]
+
+
+def test_an_fsdp_config_without_gpus_is_refused_not_run_twice(tmp_path, idx_dir):
+    """Accelerate falls back to independent single processes for FSDP on CPUs: training refuses that."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / "fsdp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "29520",
+        str(ROOT / "train.py"),
+        *cfg_args(tmp_path / "run", idx_dir, "train.max_steps=2"),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if torch.cuda.is_available():
+        pytest.skip("with GPUs the FSDP config runs")
+    assert proc.returncode != 0
+    assert "launched 2 processes but Accelerate runs 1" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
