@@ -89,7 +89,12 @@ def test_output_dirs_are_never_overwritten_and_resume_never_prunes_newer(tmp_pat
     out = tmp_path / "exported"
     for _ in range(2):
         train_cli("--export", str(ckpt), "--out", str(out))
-    assert sorted(p.name for p in out.iterdir()) == ["model_index.json", "scheduler", "transformer"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model_index.json",
+        "pipeline_flashdit.py",
+        "scheduler",
+        "transformer",
+    ]
 
 
 def test_stray_folders_partial_log_lines_and_a_changed_lr_on_resume(tmp_path, idx_dir, capsys):
