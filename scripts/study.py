@@ -19,6 +19,25 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from flashdit.classifier import class_accuracy, fashion_mnist_classifier
+from flashdit.config import load_config
+from flashdit.data import load_idx_split, pad_and_scale
+from flashdit.evaluation import (
+    InceptionFeatures,
+    balanced_labels,
+    collect_shards,
+    compute_metrics,
+    held_out_flow_loss,
+    load_images,
+    load_reference,
+    sample_shards,
+)
+from flashdit.pipeline import load_pipeline
+from flashdit.training import make_train_step, train
+from flashdit.utils import atomic_path, image_grid, save_image
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -38,8 +57,6 @@ SIZES = (32, 48, 64)  # pixels: the training grid (16x16 tokens), 1.5x and 2x
 
 
 def train_run(name: str, args) -> dict:
-    from flashdit.config import load_config
-    from flashdit.training import train
 
     out = Path(args.out) / name
     pipe = out / "pipeline"
@@ -64,7 +81,6 @@ def train_run(name: str, args) -> dict:
 
 
 def reference(size: int, args):
-    from flashdit.evaluation import InceptionFeatures, load_reference
 
     path = Path(args.out) / f"reference_test_{size}px_{args.num_reference}.npz"
     if path.is_file():
@@ -75,7 +91,6 @@ def reference(size: int, args):
 
 
 def write_json(path: Path, data: dict) -> None:
-    from flashdit.utils import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -85,8 +100,6 @@ def write_json(path: Path, data: dict) -> None:
 def score(images, labels, features: dict, size: int, args) -> dict:
     """FID and KID against the real test set at ``size``, and the judge's class accuracy, which it reads on
     the central 32x32 crop, where the data put the garment."""
-    from flashdit.classifier import class_accuracy, fashion_mnist_classifier
-    from flashdit.evaluation import compute_metrics
 
     n = len(images)
     metrics = compute_metrics(features, reference(size, args), ["fid", "kid"], kid_subset_size=min(500, n))
@@ -102,8 +115,6 @@ def score(images, labels, features: dict, size: int, args) -> dict:
 
 
 def evaluate(name: str, cfg_scale: float, size: int, args) -> dict:
-    from flashdit.evaluation import InceptionFeatures, balanced_labels, collect_shards, sample_shards
-    from flashdit.pipeline import load_pipeline
 
     out = Path(args.out) / name / f"eval_cfg{cfg_scale}_{size}px"
     result_path = out / "result.json"
@@ -141,11 +152,6 @@ def val_loss(name: str, args, num_images: int = 200, times=(0.1, 0.3, 0.5, 0.7, 
     path = Path(args.out) / name / "val_loss.json"
     if path.is_file():
         return json.loads(path.read_text())
-    import torch
-
-    from flashdit.data import load_idx_split, pad_and_scale
-    from flashdit.evaluation import held_out_flow_loss
-    from flashdit.pipeline import load_pipeline
 
     model = load_pipeline(str(Path(args.out) / name / "pipeline"), "cpu").transformer.eval()
     images, labels = load_idx_split(None, "test")
@@ -164,8 +170,6 @@ def val_loss(name: str, args, num_images: int = 200, times=(0.1, 0.3, 0.5, 0.7, 
 def real_floor(args) -> dict:
     """The same metrics for real training images (the first N, padded like the samples): the floor a
     perfect model would reach with these sample counts."""
-    from flashdit.data import load_idx_split
-    from flashdit.evaluation import InceptionFeatures, load_images
 
     out = {}
     for size in SIZES:
@@ -182,14 +186,11 @@ def real_floor(args) -> dict:
 def throughput(args) -> dict:
     """Training images/s of every run's model, measured side by side (round robin) in one process: the
     runs' own wall times are not comparable when several study processes share the machine."""
+    from bench.common import time_round_robin  # the benchmarks' timer; the repository root is on sys.path
+
     path = Path(args.out) / "throughput.json"
     if path.is_file():
         return json.loads(path.read_text())
-    import torch
-
-    from bench.common import time_round_robin
-    from flashdit.config import load_config
-    from flashdit.training import make_train_step
 
     info, batch = dict(channels=1, size=32, num_classes=10), 64
     overrides = {name: [*RUNS[name][1], f"train.global_batch_size={batch}"] for name in RUNS}
@@ -301,8 +302,6 @@ def loss_plot(names: list[str], args) -> Path:
 
 
 def sample_grids(names: list[str], args) -> list[Path]:
-    from flashdit.pipeline import load_pipeline
-    from flashdit.utils import image_grid, save_image
 
     paths = []
     for size in SIZES:
