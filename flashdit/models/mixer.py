@@ -13,12 +13,13 @@ plain windows hold the ``M×M`` block around it, interleaved windows the tokens 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 from torch import nn
 
 from .embeddings import apply_rope
@@ -159,6 +160,27 @@ class WindowGrid:
         return self.to_windows(valid).view(self.num_windows, self.window_len)
 
 
+def window_block_mask(num_windows: int, window_len: int, key_mask: torch.Tensor | None, device: torch.device):
+    """flex_attention's ``BlockMask`` for windows laid end to end in one sequence of ``num_windows·window_len``
+    tokens: query and key in the same window, and the key a real (not padded) token. Cached per layout."""
+    valid = None if key_mask is None else tuple(key_mask.flatten().tolist())
+    return _window_block_mask(num_windows, window_len, valid, str(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _window_block_mask(num_windows: int, window_len: int, valid: tuple[bool, ...] | None, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    keep = None if valid is None else torch.tensor(valid, device=device)
+
+    def same_window(batch, head, q_idx, kv_idx):
+        allowed = q_idx // window_len == kv_idx // window_len
+        return allowed if keep is None else allowed & keep[kv_idx]
+
+    n = num_windows * window_len
+    return create_block_mask(same_window, None, None, n, n, device=device)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside plain or interleaved windows, or over the whole grid.
 
@@ -227,6 +249,12 @@ class WindowAttention(nn.Module):
         if self.attention_backend is None:  # PyTorch's SDPA (flash / memory-efficient kernels where they apply)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+        elif self.attention_backend == AttentionBackendName.FLEX:
+            # one sequence per image, the windows laid end to end (already the interleaved order), and a
+            # block-diagonal BlockMask: one flex_attention call instead of B·nW tiny ones
+            seq = [t.reshape(B, nW * L, nh, hd) for t in (q, k, v)]
+            block_mask = window_block_mask(nW, L, grid.key_mask(x.device), x.device)
+            out = dispatch_attention_fn(*seq, attn_mask=block_mask, backend=self.attention_backend)
         else:  # diffusers' attention dispatch, (batch, tokens, heads, head_dim) in and out
             out = dispatch_attention_fn(q, k, v, attn_mask=mask, backend=self.attention_backend)
 
