@@ -225,9 +225,11 @@ class TrainState:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     @classmethod
-    def create(cls, cfg: ExperimentConfig, info: dict) -> TrainState:
+    def create(cls, cfg: ExperimentConfig, info: dict, fused: bool = True) -> TrainState:
         """The model (fresh and seeded by the caller, or ``train.init_from``'s, with ``train.lora`` adapters),
-        its EMA copy, AdamW over the trainable parameters and the LR schedule."""
+        its EMA copy, AdamW over the trainable parameters and the LR schedule. ``fused``: PyTorch's fused AdamW
+        kernel (CPU and CUDA; 1.26x faster FlashDiT-B/2 steps on CPU than the default per-tensor loop,
+        ``bench/optimizer.py``); off under FSDP, whose sharded parameters take the default implementation."""
         t = cfg.train
         model = load_base_model(t.init_from, info) if t.init_from else build_model(cfg.model, info)
         if t.lora is not None:
@@ -236,7 +238,9 @@ class TrainState:
             model.enable_gradient_checkpointing()
         ema = copy.deepcopy(model).requires_grad_(False).eval()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        optimizer = torch.optim.AdamW(
+            trainable, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=True if fused else None
+        )
         return cls(model, ema, optimizer, build_lr_scheduler(optimizer, t))
 
 
@@ -463,8 +467,9 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
     set_seed(t.seed, device_specific=True)
     dataset = build_dataset(cfg)
     info = dataset.info
-    state = TrainState.create(cfg, info)
-    if t.lora is not None and accelerator.distributed_type == DistributedType.FSDP:
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    state = TrainState.create(cfg, info, fused=not sharded)
+    if t.lora is not None and sharded:
         raise ValueError("train.lora with FSDP is not supported: LoRA fine-tunes fit one device; drop the FSDP config")
     state.model, state.optimizer = accelerator.prepare(state.model, state.optimizer)
     state.accelerator = accelerator

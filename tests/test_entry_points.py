@@ -69,3 +69,42 @@ def test_scripts_refuse_or_report_an_empty_output_folder(tmp_path):
     report = tmp_path / "report.md"
     run("scripts/recipe_search.py", "report", "--out", str(tmp_path / "r"), "--report", str(report))
     assert report.is_file()
+
+
+def test_bench_optimizer_compares_the_three_adamw_implementations():
+    out = run(
+        "bench/optimizer.py",
+        "--size",
+        "FlashDiT-S/2",
+        "--grid",
+        "4",
+        "--batch",
+        "1",
+        "--min-seconds",
+        "0",
+        *ONE_THREAD,
+    ).stdout
+    rows = {(r[0], r[1]): r for r in table_rows(out)[1:]}
+    assert set(rows) == {(m, i) for m in ("iwin", "attention") for i in ("loop", "foreach", "fused")}
+    assert rows[("iwin", "loop")][3] == "1.00x" and rows[("attention", "fused")][4] == "1.00x"
+
+
+def test_bench_gemm_share_reports_each_forward_against_the_matmul_peak():
+    out = run(
+        "bench/gemm_share.py",
+        "--size",
+        "FlashDiT-S/2",
+        "--grids",
+        "4",
+        "--batch",
+        "1",
+        "--square",
+        "64",
+        "--min-seconds",
+        "0",
+        *ONE_THREAD,
+    ).stdout
+    rows = {r[0]: r for r in table_rows(out)[1:]}
+    assert {"FlashDiT-S/2 4x4 iwin", "FlashDiT-S/2 4x4 attention"} <= set(rows)
+    assert max(float(r[4].rstrip("%")) for r in rows.values()) == 100.0
+    assert float(rows["FlashDiT-S/2 4x4 iwin"][1]) > 0  # FLOPs were counted

@@ -1,0 +1,80 @@
+"""AdamW's implementation inside a full training step: PyTorch's per-tensor loop (its CPU default), foreach,
+and the fused kernel (what training uses), for FlashDiT-B/2 with the Iwin mixer and with global attention,
+measured side by side.
+
+    python bench/optimizer.py                       # B/2 on a 16x16 token grid, batch 2
+    python bench/optimizer.py --grid 32 --batch 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import markdown_table, time_round_robin
+
+from flashdit import FlashDiTTransformer2DModel
+
+MIXERS = {"iwin": {}, "attention": dict(mixer="attention", kernel_size=None, pos_embed="sincos")}
+IMPLEMENTATIONS = {"loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+
+
+def step_case(mixer: str, implementation: str, args):
+    torch.manual_seed(0)
+    model = FlashDiTTransformer2DModel.from_size(
+        args.size, in_channels=4, sample_size=2 * args.grid, **MIXERS[mixer]
+    ).to(args.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **IMPLEMENTATIONS[implementation])
+    x = torch.randn(args.batch, 4, 2 * args.grid, 2 * args.grid, device=args.device)
+    t = torch.rand(args.batch, device=args.device)
+    y = torch.randint(0, 1000, (args.batch,), device=args.device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        (model(x, t, y).sample - x).square().mean().backward()
+        opt.step()
+
+    return step
+
+
+def main(args) -> None:
+    torch.set_num_threads(args.threads)
+    cases = {(m, i): step_case(m, i, args) for m in MIXERS for i in IMPLEMENTATIONS}
+    seconds = time_round_robin(cases, args.repeats, min_seconds=args.min_seconds)
+    print(
+        f"# {args.size}, {args.grid}x{args.grid} tokens, batch {args.batch}, device={args.device} "
+        f"threads={torch.get_num_threads()} torch={torch.__version__} fp32"
+    )
+    print(f"# median of >= {args.repeats} round-robin steps (>= {args.min_seconds} s each)\n")
+    rows = [
+        [
+            m,
+            i,
+            f"{seconds[(m, i)]:.3f}",
+            f"{seconds[(m, 'loop')] / seconds[(m, i)]:.2f}x",
+            f"{seconds[('attention', i)] / seconds[(m, i)]:.2f}x",
+        ]
+        for m in MIXERS
+        for i in IMPLEMENTATIONS
+    ]
+    print(markdown_table(["mixer", "AdamW", "step s", "speed vs loop", "speed vs attention (same AdamW)"], rows))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="FlashDiT-B/2")
+    p.add_argument("--grid", type=int, default=16)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--min-seconds", type=float, default=3.0)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
