@@ -2,6 +2,7 @@
 
 from .models import FLASHDIT_SIZES, FlashDiTTransformer2DModel, IwinMixer, interleave, restore
 from .pipeline import FlashDiTPipeline, SamplingDefaults
+from .settings import NOT_GIVEN, SamplingSettings
 
 __version__ = "0.1.0"
 __all__ = [
@@ -9,7 +10,9 @@ __all__ = [
     "FlashDiTPipeline",
     "FlashDiTTransformer2DModel",
     "IwinMixer",
+    "NOT_GIVEN",
     "SamplingDefaults",
+    "SamplingSettings",
     "interleave",
     "restore",
 ]
