@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 from torch import nn
+from torch.nn.attention.flex_attention import create_block_mask
 
 from .embeddings import apply_rope
 from .norms import RMSNorm
@@ -169,8 +170,6 @@ def window_block_mask(num_windows: int, window_len: int, key_mask: torch.Tensor 
 
 @functools.lru_cache(maxsize=64)
 def _window_block_mask(num_windows: int, window_len: int, valid: tuple[bool, ...] | None, device: str):
-    from torch.nn.attention.flex_attention import create_block_mask
-
     keep = None if valid is None else torch.tensor(valid, device=device)
 
     def same_window(batch, head, q_idx, kv_idx):
