@@ -66,8 +66,7 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], dict]:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if metrics and metrics != ["isc"] and args.reference is None:
         raise ValueError(f"--metrics {metrics} need --reference (image folder, .npz, or saved statistics)")
-    given = sampling_flags_given(args)
-    SamplingSettings().updated(**given)  # a bad value fails before the model loads
+    given = sampling_flags_given(args)  # a bad value fails before the model loads
     return metrics, given
 
 

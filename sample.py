@@ -16,7 +16,7 @@ import time
 from flashdit.cli import run
 from flashdit.pipeline import check_side, load_pipeline
 from flashdit.sampling import generate
-from flashdit.settings import SamplingSettings, add_sampling_flags, sampling_flags_given
+from flashdit.settings import add_sampling_flags, sampling_flags_given
 from flashdit.utils import DTYPES, check_writable, image_grid, save_image
 
 
@@ -27,7 +27,6 @@ def parse_label(text: str) -> int | str:
 def check_settings(args: argparse.Namespace) -> dict:
     """The sampling settings given on the command line, checked before the model loads."""
     given = sampling_flags_given(args)
-    SamplingSettings().updated(**given)
     check_side("height", args.height)
     check_side("width", args.width)
     return given

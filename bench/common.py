@@ -51,3 +51,19 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def latent_train_step(model: torch.nn.Module, batch: int, grid: int, device, **adamw):
+    """One AdamW step (forward, MSE against the input, backward, update) of a 4-channel latent model on a fixed
+    random batch of ``grid``x``grid`` tokens at patch 2. Returns ``(step, optimizer, x)``."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw)
+    x = torch.randn(batch, 4, 2 * grid, 2 * grid, device=device)
+    t = torch.rand(batch, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        (model(x, t, y).sample - x).square().mean().backward()
+        opt.step()
+
+    return step, opt, x

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, peak_tensor_mib, time_round_robin
+from common import latent_train_step, markdown_table, peak_tensor_mib, time_round_robin
 
 from flashdit import FlashDiTTransformer2DModel
 from flashdit.models.mixer import IwinMixer, WindowAttention
@@ -55,15 +55,7 @@ def model_case(name: str, grid: int, args) -> Case:
     model = FlashDiTTransformer2DModel.from_size(
         "FlashDiT-B/2", in_channels=4, sample_size=2 * grid, window_size=args.window, **MODELS[name]
     ).to(args.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(args.model_batch, 4, 2 * grid, 2 * grid, device=args.device)
-    t = torch.rand(args.model_batch, device=args.device)
-    y = torch.randint(0, 1000, (args.model_batch,), device=args.device)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        (model(x, t, y).sample - x).square().mean().backward()
-        opt.step()
+    step, opt, x = latent_train_step(model, args.model_batch, grid, args.device)
 
     return Case(step, (model, opt, x))
 

@@ -15,7 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, time_round_robin
+from common import latent_train_step, markdown_table, time_round_robin
 
 from flashdit import FlashDiTTransformer2DModel
 
@@ -28,17 +28,7 @@ def step_case(mixer: str, implementation: str, args):
     model = FlashDiTTransformer2DModel.from_size(
         args.size, in_channels=4, sample_size=2 * args.grid, **MIXERS[mixer]
     ).to(args.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **IMPLEMENTATIONS[implementation])
-    x = torch.randn(args.batch, 4, 2 * args.grid, 2 * args.grid, device=args.device)
-    t = torch.rand(args.batch, device=args.device)
-    y = torch.randint(0, 1000, (args.batch,), device=args.device)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        (model(x, t, y).sample - x).square().mean().backward()
-        opt.step()
-
-    return step
+    return latent_train_step(model, args.batch, args.grid, args.device, **IMPLEMENTATIONS[implementation])[0]
 
 
 def main(args) -> None:

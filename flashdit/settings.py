@@ -133,9 +133,11 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def sampling_flags_given(args: argparse.Namespace) -> dict:
-    """The sampling settings given on the command line (``--cfg-channels 0`` means all channels: None)."""
+    """The sampling settings given on the command line (``--cfg-channels 0`` means all channels: None), checked
+    now so that a bad value fails before any model loads."""
     given = {name: getattr(args, name) for name in SamplingSettings.names()}
     given = {k: v for k, v in given.items() if v is not NOT_GIVEN}
     if given.get("cfg_channels") == 0:
         given["cfg_channels"] = None
+    SamplingSettings().updated(**given)
     return given

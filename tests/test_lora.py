@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_pipeline import gens
 from test_training import cfg_args, run_train
 
 from flashdit import FlashDiTPipeline
@@ -12,10 +13,6 @@ from flashdit.data import load_idx_split, pad_and_scale
 from flashdit.evaluation import held_out_flow_loss
 
 pytest.importorskip("peft")
-
-
-def gens(seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
 @pytest.fixture(scope="module")

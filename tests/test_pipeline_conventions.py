@@ -8,15 +8,11 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from test_pipeline import latent_pipe, pixel_pipe
+from test_pipeline import gens, latent_pipe, pixel_pipe
 
 from flashdit.pipeline import FlashDiTPipeline
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerator-only, as in diffusers")
-
-
-def gens(seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
 def inputs(seed=0, **kwargs):
