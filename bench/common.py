@@ -1,9 +1,14 @@
-"""Shared benchmark helpers: interleaved median timing and peak tensor memory.
+"""Shared benchmark helpers: interleaved median timing, FLOP counts and peak tensor memory.
 
 Timings of the variants being compared are taken round-robin in one process, so machine noise hits
-all of them alike; figures are medians. Peak memory is the peak of live tensor bytes during one call
-(parameters, gradients, optimizer state, inputs and activations), tracked per tensor by PyTorch's
-``MemTracker``: exact and repeatable on CPU, where allocator statistics do not exist.
+all of them alike; figures are medians. Odd rounds run the variants in reverse order, so no variant always
+follows the same one (a variant that runs right after one that freed large buffers pays for faulting the
+memory back in). FLOPs come from ``torch.utils.flop_counter`` on the meta device, with the backward of a
+grouped (depthwise) convolution counted per group (PyTorch's formula ignores the groups there).
+
+Peak memory is the peak of live tensor bytes during one call (parameters, gradients, optimizer state,
+inputs and activations), tracked per tensor by PyTorch's ``MemTracker``: exact and repeatable
+on CPU, where allocator statistics do not exist.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 
 def time_round_robin(
@@ -26,13 +32,16 @@ def time_round_robin(
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
+    order = list(fns)
     while min(len(ts) for ts in times.values()) < repeats or min(sum(ts) for ts in times.values()) < min_seconds:
-        for name, fn in fns.items():
+        for name in order:
+            fn = fns[name]
             sync()
             start = time.perf_counter()
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
+        order.reverse()
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -67,3 +76,42 @@ def latent_train_step(model: torch.nn.Module, batch: int, grid: int, device, **a
         opt.step()
 
     return step, opt, x
+
+
+def _conv_backward_flops(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    bias,
+    stride,
+    padding,
+    dilation,
+    transposed,
+    output_padding,
+    groups,
+    output_mask,
+    **kwargs,
+) -> int:
+    """Input and weight gradients of a convolution each cost one forward convolution, grouped or not."""
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed=transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def count_flops(fn: Callable[[], None]) -> int:
+    """FLOPs of ``fn()`` (matmuls, attention, convolutions); run it on meta tensors to count without computing."""
+    with FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops}
+    ) as c:
+        fn()
+    return c.get_total_flops()
+
+
+def latent_train_step_flops(model_fn: Callable[[], torch.nn.Module], batch: int, grid: int) -> int:
+    """FLOPs of one forward+backward of ``latent_train_step`` (the optimizer's element-wise work is not counted),
+    counted on the meta device: ``model_fn`` builds the model, which is created there."""
+    with torch.device("meta"):
+        model = model_fn()
+        x = torch.randn(batch, 4, 2 * grid, 2 * grid)
+        t, y = torch.rand(batch), torch.zeros(batch, dtype=torch.long)
+    model._check_inputs = lambda hidden_states, timestep, class_labels: (timestep, class_labels)  # no .item() on meta
+    return count_flops(lambda: (model(x, t, y).sample - x).square().mean().backward())

@@ -4,7 +4,10 @@ training step against the same model with global attention.
     python bench/mixer.py                      # dim 384, 6 heads, batch 8, fp32, grids 16² 32² 64²
     python bench/mixer.py --grids 16 32 --model-grids 16 --repeats 3
 
-Prints markdown tables (medians; ratios from the same run) for docs/benchmarks.md.
+Prints markdown tables (medians; ratios from the same run) for docs/benchmarks.md. ``FLOP ratio`` is the speed
+ratio an implementation bound by arithmetic alone would reach (FLOPs counted on the meta device); ``of FLOP
+ratio`` is the measured ratio's share of it. The CLIs run with PyTorch's huge-page CPU allocator
+(``THP_MEM_ALLOC_ENABLE=1``, see train.py); run this once with and once without it to compare.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import latent_train_step, markdown_table, peak_tensor_mib, time_round_robin
+from common import (
+    count_flops,
+    latent_train_step,
+    latent_train_step_flops,
+    markdown_table,
+    peak_tensor_mib,
+    time_round_robin,
+)
 
 from flashdit import FlashDiTTransformer2DModel
 from flashdit.models.mixer import IwinMixer, WindowAttention
@@ -38,10 +48,11 @@ class Case:
     tracked: tuple
 
 
-def mixer_case(name: str, grid: int, args) -> Case:
+def mixer_case(name: str, grid: int, args, device=None) -> Case:
     torch.manual_seed(0)
-    module = MIXERS[name](args.dim, args.heads, args.window).to(args.device)
-    x = torch.randn(args.batch, grid, grid, args.dim, device=args.device, requires_grad=True)
+    device = device or args.device
+    module = MIXERS[name](args.dim, args.heads, args.window).to(device)
+    x = torch.randn(args.batch, grid, grid, args.dim, device=device, requires_grad=True)
 
     def step():
         module.zero_grad(set_to_none=True)
@@ -50,13 +61,16 @@ def mixer_case(name: str, grid: int, args) -> Case:
     return Case(step, (module, x))
 
 
+def b2_model(name: str, grid: int, args) -> FlashDiTTransformer2DModel:
+    return FlashDiTTransformer2DModel.from_size(
+        "FlashDiT-B/2", in_channels=4, sample_size=2 * grid, window_size=args.window, **MODELS[name]
+    )
+
+
 def model_case(name: str, grid: int, args) -> Case:
     torch.manual_seed(0)
-    model = FlashDiTTransformer2DModel.from_size(
-        "FlashDiT-B/2", in_channels=4, sample_size=2 * grid, window_size=args.window, **MODELS[name]
-    ).to(args.device)
-    step, opt, x = latent_train_step(model, args.model_batch, grid, args.device)
-
+    model = b2_model(name, grid, args).to(args.device)
+    step, opt, x = latent_train_step(model, args.model_batch, grid, args.device, fused=True)
     return Case(step, (model, opt, x))
 
 
@@ -74,18 +88,21 @@ def main(args) -> None:
         cases = {n: mixer_case(n, grid, args) for n in MIXERS}
         t = time_round_robin({n: c.step for n, c in cases.items()}, args.repeats, min_seconds=args.min_seconds)
         mem = {n: peak_tensor_mib(c.step, *c.tracked) for n, c in cases.items()}
+        flops = {n: count_flops(mixer_case(n, grid, args, "meta").step) for n in ("global", "iwin")}
+        flop_ratio = flops["global"] / flops["iwin"]
         rows.append(
             [f"{grid}x{grid}"]
             + [f"{t[n] * 1e3:.1f}" for n in MIXERS]
             + [f"{mem[n]:.0f}" for n in MIXERS]
-            + [f"{t['global'] / t['iwin']:.2f}x", f"{t['iwin'] / t['w-msa']:.2f}", f"{t['iw-msa'] / t['w-msa']:.2f}"]
+            + [f"{t['global'] / t['iwin']:.2f}x", f"{flop_ratio:.2f}x"]
+            + [f"{t['iwin'] / t['w-msa']:.2f}", f"{t['iw-msa'] / t['w-msa']:.2f}"]
         )
         print(f"  grid {grid}: " + ", ".join(f"{n} {t[n] * 1e3:.1f} ms" for n in t), flush=True)
     header = (
         ["grid"]
         + [f"{n} ms" for n in MIXERS]
         + [f"{n} MiB" for n in MIXERS]
-        + ["global / iwin", "iwin / w-msa", "iw-msa / w-msa"]
+        + ["global / iwin", "FLOP ratio", "iwin / w-msa", "iw-msa / w-msa"]
     )
     print("\n## Mixer forward+backward\n")
     print(markdown_table(header, rows))
@@ -95,17 +112,25 @@ def main(args) -> None:
     rows = []
     for grid in args.model_grids:
         cases = {n: model_case(n, grid, args) for n in MODELS}
-        t = time_round_robin({n: c.step for n, c in cases.items()}, args.model_repeats)
+        t = time_round_robin(
+            {n: c.step for n, c in cases.items()}, args.model_repeats, min_seconds=args.model_min_seconds
+        )
         mem = {n: peak_tensor_mib(c.step, *c.tracked) for n, c in cases.items()}
+        flops = {
+            n: latent_train_step_flops(lambda n=n, grid=grid: b2_model(n, grid, args), args.model_batch, grid)
+            for n in MODELS
+        }
+        speed, flop_ratio = t["attention"] / t["iwin"], flops["attention"] / flops["iwin"]
         rows.append(
             [f"{grid}x{grid} ({2 * grid}x{2 * grid} latent)"]
             + [f"{t[n]:.2f}" for n in MODELS]
             + [f"{mem[n]:.0f}" for n in MODELS]
-            + [f"{t['attention'] / t['iwin']:.2f}x"]
+            + [f"{speed:.2f}x", f"{flop_ratio:.2f}x", f"{speed / flop_ratio:.0%}"]
         )
         print(f"  model grid {grid}: " + ", ".join(f"{n} {t[n]:.2f} s" for n in t), flush=True)
-    print(f"\n## FlashDiT-B/2 train step (batch {args.model_batch}, AdamW, 4 latent channels)\n")
-    header = ["token grid", "iwin s", "attention s", "iwin MiB", "attention MiB", "attention / iwin"]
+    print(f"\n## FlashDiT-B/2 train step (batch {args.model_batch}, fused AdamW, 4 latent channels)\n")
+    header = ["token grid", "iwin s", "attention s", "iwin MiB", "attention MiB", "attention / iwin", "FLOP ratio"]
+    header.append("of FLOP ratio")
     print(markdown_table(header, rows))
 
 
@@ -120,6 +145,9 @@ def parse_args(argv=None):
     p.add_argument("--model-batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--model-repeats", type=int, default=3)
+    p.add_argument(
+        "--model-min-seconds", type=float, default=0.0, help="model rows: time each model at least this long"
+    )
     p.add_argument("--min-seconds", type=float, default=2.0, help="mixer rows: time each variant at least this long")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -108,3 +108,61 @@ def test_bench_gemm_share_reports_each_forward_against_the_matmul_peak():
     assert {"FlashDiT-S/2 4x4 iwin", "FlashDiT-S/2 4x4 attention"} <= set(rows)
     assert max(float(r[4].rstrip("%")) for r in rows.values()) == 100.0
     assert float(rows["FlashDiT-S/2 4x4 iwin"][1]) > 0  # FLOPs were counted
+
+
+def test_round_robin_timer_alternates_the_order_of_the_variants():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import time_round_robin
+
+    calls = []
+    time_round_robin({n: (lambda n=n: calls.append(n)) for n in "abc"}, repeats=3, warmup=0)
+    assert calls == list("abc" + "cba" + "abc")
+
+
+def test_flop_count_counts_a_depthwise_convolution_per_group():
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import count_flops
+
+    B, C, H, W, K = 2, 8, 5, 6, 3
+    conv = torch.nn.Conv2d(C, C, K, padding=1, groups=C)
+    x = torch.randn(B, C, H, W, requires_grad=True)
+    one_pass = 2 * B * C * H * W * K * K  # a multiply and an add per tap, output and channel
+    assert count_flops(lambda: conv(x)) == one_pass
+    # backward: the input gradient and the weight gradient each cost one pass
+    assert count_flops(lambda: conv(x).sum().backward()) == 3 * one_pass
+    dense = torch.nn.Conv2d(C, C, K, padding=1)
+    assert count_flops(lambda: dense(x).sum().backward()) == 3 * C * one_pass
+
+
+THP_MODES = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+@pytest.mark.skipif(
+    not os.path.exists(THP_MODES) or "[never]" in open(THP_MODES).read(), reason="no transparent huge pages here"
+)
+@pytest.mark.parametrize("script", ["train", "sample", "eval_fid"])
+def test_clis_allocate_large_cpu_buffers_in_huge_pages_unless_told_not_to(script):
+    probe = (
+        f"import os, torch, {script}\n"
+        "x = torch.ones(64 * 2**20 // 4)\n"
+        "huge = sum(int(l.split()[1]) for l in open('/proc/self/smaps_rollup') if l.startswith('AnonHugePages'))\n"
+        "print(os.environ['THP_MEM_ALLOC_ENABLE'], huge)\n"
+    )
+
+    def run_probe(**env):
+        base = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+        proc = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env={**base, **env}, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        flag, huge_kib = proc.stdout.split()
+        return flag, int(huge_kib)
+
+    flag, huge_kib = run_probe()
+    assert flag == "1" and huge_kib >= 32 * 1024  # most of the 64 MiB buffer sits in 2 MiB pages
+    flag, huge_kib = run_probe(THP_MEM_ALLOC_ENABLE="0")  # the user's choice wins
+    assert flag == "0"
+    if "[madvise]" in open(THP_MODES).read():  # ("always" gives huge pages to every large mapping anyway)
+        assert huge_kib == 0
