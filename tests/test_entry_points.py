@@ -166,3 +166,10 @@ def test_clis_allocate_large_cpu_buffers_in_huge_pages_unless_told_not_to(script
     assert flag == "0"
     if "[madvise]" in open(THP_MODES).read():  # ("always" gives huge pages to every large mapping anyway)
         assert huge_kib == 0
+
+
+def test_bench_profile_step_lists_ops_of_both_models():
+    args = ["--size", "FlashDiT-S/2", "--grid", "4", "--batch", "1", "--rounds", "2", "--top", "100", "--threads", "1"]
+    rows = {r[0]: r for r in table_rows(run("bench/profile_step.py", *args).stdout)[1:]}
+    assert {"aten::addmm", "aten::convolution_backward", "**step (all ops)**"} <= set(rows)
+    assert all(float(rows["**step (all ops)**"][i]) > 0 for i in (1, 2))  # both models were profiled
