@@ -51,6 +51,9 @@ from .utils import atomic_path, image_grid, save_dir_atomically, save_image
 LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 
 
+STEP_STREAM = 7919  # offset of the steps' random stream from the seed that initialises the model
+
+
 class TrainingDiverged(RuntimeError):
     pass
 
@@ -469,6 +472,10 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
     info = dataset.info
     sharded = accelerator.distributed_type == DistributedType.FSDP
     state = TrainState.create(cfg, info, fused=not sharded)
+    # The steps' randomness (noise, t, label dropout, the loader's worker seeds) restarts from a stream of its own
+    # once the model is built: its initialisation draws a model-dependent number of values, and runs of one seed
+    # should see the same noise whatever the architecture. A resumed run restores the stream from its checkpoint.
+    set_seed(t.seed + STEP_STREAM, device_specific=True)
     if t.lora is not None and sharded:
         raise ValueError("train.lora with FSDP is not supported: LoRA fine-tunes fit one device; drop the FSDP config")
     state.model, state.optimizer = accelerator.prepare(state.model, state.optimizer)

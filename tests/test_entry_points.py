@@ -66,6 +66,8 @@ def test_bench_sampling_covers_the_samplers():
 def test_scripts_refuse_or_report_an_empty_output_folder(tmp_path):
     study = run("scripts/study.py", "--report-only", "--no-figures", "--out", str(tmp_path / "s"), ok=False)
     assert study.returncode != 0 and "no scored runs" in study.stderr and "Traceback" not in study.stderr
+    depth = run("scripts/depth_study.py", "--report-only", "--out", str(tmp_path / "d"), ok=False)
+    assert depth.returncode != 0 and "no trained runs" in depth.stderr and "Traceback" not in depth.stderr
     report = tmp_path / "report.md"
     run("scripts/recipe_search.py", "report", "--out", str(tmp_path / "r"), "--report", str(report))
     assert report.is_file()
@@ -173,3 +175,12 @@ def test_bench_profile_step_lists_ops_of_both_models():
     rows = {r[0]: r for r in table_rows(run("bench/profile_step.py", *args).stdout)[1:]}
     assert {"aten::addmm", "aten::convolution_backward", "**step (all ops)**"} <= set(rows)
     assert all(float(rows["**step (all ops)**"][i]) > 0 for i in (1, 2))  # both models were profiled
+
+
+def test_depth_study_refuses_a_run_made_with_other_settings(tmp_path):
+    made = tmp_path / "attention-d4-s0"
+    made.mkdir()
+    (made / "spec.json").write_text('{"row": "attention-d4", "steps": 3}')
+    proc = run("scripts/depth_study.py", "--out", str(tmp_path), "--only", "attention-d4", "--seeds", "0", ok=False)
+    assert proc.returncode != 0 and "was made with" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (made / "checkpoints").exists()  # refused before any training

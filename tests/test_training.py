@@ -469,3 +469,30 @@ def test_an_fsdp_config_without_gpus_is_refused_not_run_twice(tmp_path, idx_dir)
     assert proc.returncode != 0
     assert "launched 2 processes but Accelerate runs 1" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_runs_of_one_seed_draw_the_same_noise_whatever_the_model(tmp_path, idx_dir, monkeypatch):
+    drawn = []
+    randn_like = torch.randn_like
+
+    def recording_randn_like(x, *args, **kwargs):
+        out = randn_like(x, *args, **kwargs)
+        drawn[-1].append(out.clone())
+        return out
+
+    monkeypatch.setattr(torch, "randn_like", recording_randn_like)
+    models = {
+        "iwin": [],
+        "attention, deeper": [
+            "model.mixer=attention",
+            "model.kernel_size=null",
+            "model.pos_embed=sincos",
+            "model.depth=3",
+        ],
+    }
+    for name, overrides in models.items():
+        drawn.append([])
+        run_train(*cfg_args(tmp_path / name.replace(", ", "-"), idx_dir, "train.max_steps=2", *overrides))
+    (a, b) = drawn
+    # two steps each; the models' initialisations drew different numbers of values before them
+    assert len(a) == len(b) == 2 and all(torch.equal(x, y) for x, y in zip(a, b))
