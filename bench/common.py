@@ -106,12 +106,12 @@ def count_flops(fn: Callable[[], None]) -> int:
     return c.get_total_flops()
 
 
-def latent_train_step_flops(model_fn: Callable[[], torch.nn.Module], batch: int, grid: int) -> int:
-    """FLOPs of one forward+backward of ``latent_train_step`` (the optimizer's element-wise work is not counted),
-    counted on the meta device: ``model_fn`` builds the model, which is created there."""
+def latent_train_step_flops(model_fn: Callable[[], torch.nn.Module], batch: int, grid: int, channels: int = 4) -> int:
+    """FLOPs of one forward+backward of ``latent_train_step`` (the optimizer's element-wise work is not counted) on
+    ``channels``-channel inputs at patch 2, counted on the meta device: ``model_fn`` builds the model there."""
     with torch.device("meta"):
         model = model_fn()
-        x = torch.randn(batch, 4, 2 * grid, 2 * grid)
+        x = torch.randn(batch, channels, 2 * grid, 2 * grid)
         t, y = torch.rand(batch), torch.zeros(batch, dtype=torch.long)
     model._check_inputs = lambda hidden_states, timestep, class_labels: (timestep, class_labels)  # no .item() on meta
     return count_flops(lambda: (model(x, t, y).sample - x).square().mean().backward())

@@ -44,7 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import count_flops, time_round_robin  # noqa: E402
+from bench.common import latent_train_step_flops, time_round_robin  # noqa: E402
 from flashdit.classifier import class_accuracy, fashion_mnist_classifier  # noqa: E402
 from flashdit.config import load_config  # noqa: E402
 from flashdit.data import load_idx_split, pad_and_scale, pad_images  # noqa: E402
@@ -249,11 +249,7 @@ def throughput(rows: list[str], args) -> dict:
 def train_flops(row: str, args) -> int:
     """FLOPs of the training run: steps x batch x one image's forward+backward (counted on the meta device)."""
     cfg = row_config(row, 0, args)
-    with torch.device("meta"):
-        model = build_model(cfg.model, INFO)
-        x, t, y = torch.randn(1, 1, 32, 32), torch.rand(1), torch.zeros(1, dtype=torch.long)
-    model._check_inputs = lambda hidden_states, timestep, class_labels: (timestep, class_labels)  # no .item() on meta
-    per_image = count_flops(lambda: model(x, t, y).sample.square().mean().backward())
+    per_image = latent_train_step_flops(lambda: build_model(cfg.model, INFO), 1, INFO["size"] // 2, INFO["channels"])
     return per_image * cfg.train.global_batch_size * args.steps
 
 
