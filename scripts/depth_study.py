@@ -1,11 +1,12 @@
 """The depth study: does the Iwin mixer match global attention once it has the depth? (docs/study.md)
 
 At depth 4 with window 4 a corner token hears the whole 16x16 grid only after the fourth block; global attention
-hears it after one. This study trains, on the default recipe (configs/fashion_mnist.yaml: pixel-space
-Fashion-MNIST, batch 32, the same steps for every row), global attention and FlashDiT at depth 4 and 8 with
-equal parameters (width 128 at depth 4, 96 at depth 8), FlashDiT with window 8 at depth 8, and the depthwise
-convolution alone at depth 8. Every row trains with each seed; one seed gives every row the same data order,
-label dropout, noise and t (flashdit.training draws them from a stream seeded after the model is built).
+hears it after one. This study trains, on the quickstart's recipe (configs/fashion_mnist.yaml: pixel-space
+Fashion-MNIST, batch 32, the same steps for every row) at the paper's 16x16 token grid (patch 2), global
+attention and FlashDiT at depth 4 and 8 with equal parameters (width 128 at depth 4, 96 at depth 8), FlashDiT
+with window 8 at depth 8, and the depthwise convolution alone at depth 8. Every row trains with each seed; one
+seed gives every row the same data order, label dropout, noise and t (flashdit.training draws them from a stream
+seeded after the model is built).
 
 Stages, each skipped when its output exists (an interrupted study resumes; a run directory made with other
 settings is refused, never mixed):
@@ -63,8 +64,10 @@ from flashdit.utils import atomic_path  # noqa: E402
 
 ATTENTION = ["model.mixer=attention", "model.kernel_size=null", "model.pos_embed=sincos"]
 IWIN = ["model.mixer=iwin", "model.kernel_size=3", "model.pos_embed=none"]
-D4 = ["model.hidden_size=128", "model.depth=4", "model.num_heads=2"]
-D8 = ["model.hidden_size=96", "model.depth=8", "model.num_heads=2"]  # about the parameters of D4
+# the paper's 16x16 token grid (patch 2 on 32 px), whatever patch the quickstart config uses: the question is how
+# many blocks a window-4 mixer needs to cover that grid
+D4 = ["model.patch_size=2", "model.hidden_size=128", "model.depth=4", "model.num_heads=2"]
+D8 = ["model.patch_size=2", "model.hidden_size=96", "model.depth=8", "model.num_heads=2"]  # about D4's parameters
 ROWS = {
     "attention-d4": ("global attention + sin-cos, depth 4", ATTENTION + D4),
     "flashdit-d4-win4": ("FlashDiT (DWConv + IW-MSA), window 4, depth 4", IWIN + D4 + ["model.window_size=4"]),
@@ -437,7 +440,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/depth_study")
     p.add_argument("--only", nargs="*", choices=list(ROWS), default=None, help="rows to run (default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=2300, help="training steps of every run (the default recipe's)")
+    p.add_argument("--steps", type=int, default=2300, help="training steps of every run (30 minutes at patch 2)")
     p.add_argument("--sweep-samples", type=int, default=300, help="samples per guidance scale in the sweep")
     p.add_argument("--num-samples", type=int, default=1000, help="samples at the best scale, per seed")
     p.add_argument("--num-samples-large", type=int, default=300, help="samples at 2x the training grid")

@@ -184,3 +184,15 @@ def test_depth_study_refuses_a_run_made_with_other_settings(tmp_path):
     proc = run("scripts/depth_study.py", "--out", str(tmp_path), "--only", "attention-d4", "--seeds", "0", ok=False)
     assert proc.returncode != 0 and "was made with" in proc.stderr and "Traceback" not in proc.stderr
     assert not (made / "checkpoints").exists()  # refused before any training
+
+
+def test_depth_study_rows_stay_on_the_papers_16x16_grid_whatever_the_quickstart_patch():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import depth_study
+
+    from flashdit.config import load_config
+
+    assert load_config(ROOT / "configs" / "fashion_mnist.yaml").model.patch_size == 4  # the quickstart moved on
+    for row in depth_study.ROWS:
+        cfg = depth_study.row_config(row, 0, depth_study.parse_args(["--steps", "3"]))
+        assert cfg.data.pad_to // cfg.model.patch_size == 16, row

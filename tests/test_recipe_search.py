@@ -49,3 +49,15 @@ def test_each_group_takes_its_lowest_fid(tmp_path):
     overrides, chosen = rs.combine(tmp_path)
     assert chosen["geometry"] == "w128-d4-win8" and chosen["flip"] == "no-flip" and chosen["optim"] == "bs64-lr1e-3"
     assert overrides == {"model.window_size": 8, "data.random_flip": False}
+
+
+def test_cost_keys_tell_patch_and_heads_apart_and_earlier_measurements_still_apply():
+    p4 = rs.GEOMETRIES["p4-w256-d4-win4"]
+    assert rs.model_key(p4) == "iwin-w256-d4-p4-h4-win4-bs64"
+    assert rs.model_key({**p4, **rs.ATTENTION}) == "attention-w256-d4-p4-h4-bs64"
+    # same width and depth, other patch: another cost
+    assert rs.model_key({"model.hidden_size": 256, "model.num_heads": 4}) != rs.model_key(p4)
+    measured = json.loads((Path(rs.__file__).parent.parent / "docs" / "recipe_search_cost.json").read_text())["steps"]
+    keys = rs.cost_keys()
+    assert set(measured) <= set(keys)  # the keys timed before patch and heads varied are still asked for
+    assert {"iwin-w256-d4-p4-h4-win4-bs32", "attention-w256-d4-p4-h4-bs32"} <= set(keys) - set(measured)
