@@ -2,14 +2,10 @@
 
     python bench/gemm_share.py                     # FlashDiT-B/2 and its attention twin, 16x16 and 32x32 tokens
     python bench/gemm_share.py --size FlashDiT-S/2 --grids 16 --batch 8
-    python bench/gemm_share.py --dtypes fp32 bf16       # both side by side: bf16 autocast (AMX on recent Xeons)
 
 Peak: the median FLOP/s of a square fp32 matmul (and of the model's own largest GEMM shape, the MLP).
 Achieved: the forward's FLOPs (counted by ``torch.utils.flop_counter``: matmuls and attention) divided by
 its median time. Everything is timed round robin in one process, so the ratios are measured side by side.
-With ``--dtypes fp32 bf16`` every case also runs in bf16 (the matmuls on bf16 tensors, the forward under
-bf16 autocast, as ``train.mixed_precision: bf16`` runs it); each share is against its own dtype's peak, and
-the last column is each case's speed against its fp32 twin.
 """
 
 from __future__ import annotations
@@ -25,12 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import markdown_table, time_round_robin
 
 from flashdit import FlashDiTTransformer2DModel
-from flashdit.utils import DTYPES
 
 ATTENTION = dict(mixer="attention", kernel_size=None, pos_embed="sincos")
 
 
-def forward_case(size: str, grid: int, batch: int, device, dtype=torch.float32, **overrides):
+def forward_case(size: str, grid: int, batch: int, device, **overrides):
     torch.manual_seed(0)
     model = FlashDiTTransformer2DModel.from_size(size, in_channels=4, sample_size=2 * grid, **overrides)
     model = model.to(device).eval()
@@ -39,60 +34,49 @@ def forward_case(size: str, grid: int, batch: int, device, dtype=torch.float32, 
 
     @torch.no_grad()
     def forward():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            model(x, t, y)
+        model(x, t, y)
 
     with FlopCounterMode(display=False) as counter:
         forward()
     return forward, counter.get_total_flops(), model.config.hidden_size
 
 
-def matmul_case(m: int, k: int, n: int, device, dtype=torch.float32):
-    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+def matmul_case(m: int, k: int, n: int, device):
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
     return (lambda: torch.mm(a, b)), 2 * m * k * n
 
 
 def main(args) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cases, flops, dtype_of, hidden = {}, {}, {}, None
-    for dname in args.dtypes:
-        dtype = DTYPES[dname]
-        for grid in args.grids:
-            for mixer, overrides in (("iwin", {}), ("attention", ATTENTION)):
-                name = f"{args.size} {grid}x{grid} {mixer} {dname}"
-                cases[name], flops[name], hidden = forward_case(
-                    args.size, grid, args.batch, device, dtype, **overrides
-                )
-                dtype_of[name] = dname
-        tokens = args.batch * args.grids[0] ** 2
-        mlp_hidden = int(2 / 3 * int(hidden * 4.0))
-        for name, (m, k, n) in {
-            f"matmul {args.square}^3 {dname}": (args.square, args.square, args.square),
-            f"matmul MLP {tokens}x{hidden}x{2 * mlp_hidden} {dname}": (tokens, hidden, 2 * mlp_hidden),
-        }.items():
-            cases[name], flops[name] = matmul_case(m, k, n, device, dtype)
-            dtype_of[name] = dname
+    cases, flops, hidden = {}, {}, None
+    for grid in args.grids:
+        for mixer, overrides in (("iwin", {}), ("attention", ATTENTION)):
+            name = f"{args.size} {grid}x{grid} {mixer}"
+            cases[name], flops[name], hidden = forward_case(args.size, grid, args.batch, device, **overrides)
+    tokens = args.batch * args.grids[0] ** 2
+    mlp_hidden = int(2 / 3 * int(hidden * 4.0))
+    for name, (m, k, n) in {
+        f"matmul {args.square}^3": (args.square, args.square, args.square),
+        f"matmul MLP {tokens}x{hidden}x{2 * mlp_hidden}": (tokens, hidden, 2 * mlp_hidden),
+    }.items():
+        cases[name], flops[name] = matmul_case(m, k, n, device)
     seconds = time_round_robin(cases, args.repeats, min_seconds=args.min_seconds)
     rate = {name: flops[name] / seconds[name] / 1e9 for name in cases}
-    peak = {d: max(v for k, v in rate.items() if k.startswith("matmul") and dtype_of[k] == d) for d in args.dtypes}
-    print(f"# device={device} threads={torch.get_num_threads()} torch={torch.__version__} batch={args.batch}")
+    peak = max(v for k, v in rate.items() if k.startswith("matmul"))
+    print(f"# device={device} threads={torch.get_num_threads()} torch={torch.__version__} fp32 batch={args.batch}")
     print(f"# median of >= {args.repeats} round-robin calls (>= {args.min_seconds} s each)\n")
-    rows = []
-    for name in cases:
-        d = dtype_of[name]
-        twin = name[: -len(d)] + "fp32"
-        rows.append(
-            [
-                name,
-                f"{flops[name] / 1e9:.2f}",
-                f"{seconds[name] * 1e3:.1f}",
-                f"{rate[name]:.1f}",
-                f"{rate[name] / peak[d]:.0%}",
-                f"{seconds[twin] / seconds[name]:.2f}x" if twin in seconds else "",
-            ]
-        )
-    print(markdown_table(["case", "GFLOP", "ms", "GFLOP/s", "share of its dtype's peak matmul", "vs fp32"], rows))
+    rows = [
+        [
+            name,
+            f"{flops[name] / 1e9:.2f}",
+            f"{seconds[name] * 1e3:.1f}",
+            f"{rate[name]:.1f}",
+            f"{rate[name] / peak:.0%}",
+        ]
+        for name in cases
+    ]
+    print(markdown_table(["case", "GFLOP", "ms", "GFLOP/s", "share of peak matmul"], rows))
 
 
 def parse_args(argv=None):
@@ -105,7 +89,6 @@ def parse_args(argv=None):
     p.add_argument("--min-seconds", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
     return p.parse_args(argv)
 
 

@@ -104,19 +104,12 @@ def test_bench_gemm_share_reports_each_forward_against_the_matmul_peak():
         "64",
         "--min-seconds",
         "0",
-        "--dtypes",
-        "fp32",
-        "bf16",
         *ONE_THREAD,
     ).stdout
     rows = {r[0]: r for r in table_rows(out)[1:]}
-    for dtype in ("fp32", "bf16"):
-        assert {f"FlashDiT-S/2 4x4 iwin {dtype}", f"FlashDiT-S/2 4x4 attention {dtype}"} <= set(rows)
-        # each dtype's shares are against its own peak matmul
-        assert max(float(r[4].rstrip("%")) for name, r in rows.items() if name.endswith(dtype)) == 100.0
-    iwin, iwin_bf16 = rows["FlashDiT-S/2 4x4 iwin fp32"], rows["FlashDiT-S/2 4x4 iwin bf16"]
-    assert float(iwin[1]) > 0 and iwin_bf16[1] == iwin[1]  # FLOPs were counted, the same in either dtype
-    assert iwin[5] == "1.00x" and iwin_bf16[5].endswith("x")  # speed against the fp32 twin
+    assert {"FlashDiT-S/2 4x4 iwin", "FlashDiT-S/2 4x4 attention"} <= set(rows)
+    assert max(float(r[4].rstrip("%")) for r in rows.values()) == 100.0
+    assert float(rows["FlashDiT-S/2 4x4 iwin"][1]) > 0  # FLOPs were counted
 
 
 def test_round_robin_timer_alternates_the_order_of_the_variants():
