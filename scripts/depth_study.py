@@ -66,8 +66,9 @@ ATTENTION = ["model.mixer=attention", "model.kernel_size=null", "model.pos_embed
 IWIN = ["model.mixer=iwin", "model.kernel_size=3", "model.pos_embed=none"]
 # the paper's 16x16 token grid (patch 2 on 32 px), whatever patch the quickstart config uses: the question is how
 # many blocks a window-4 mixer needs to cover that grid
-D4 = ["model.patch_size=2", "model.hidden_size=128", "model.depth=4", "model.num_heads=2"]
-D8 = ["model.patch_size=2", "model.hidden_size=96", "model.depth=8", "model.num_heads=2"]  # about D4's parameters
+GRID16 = ["model.patch_size=2", "model.num_heads=2"]
+D4 = GRID16 + ["model.hidden_size=128", "model.depth=4"]
+D8 = GRID16 + ["model.hidden_size=96", "model.depth=8"]  # about the parameters of D4
 ROWS = {
     "attention-d4": ("global attention + sin-cos, depth 4", ATTENTION + D4),
     "flashdit-d4-win4": ("FlashDiT (DWConv + IW-MSA), window 4, depth 4", IWIN + D4 + ["model.window_size=4"]),

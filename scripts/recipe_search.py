@@ -72,7 +72,7 @@ GEOMETRIES = {
     "w96-d8-win8": {"model.hidden_size": 96, "model.depth": 8, "model.window_size": 8},
     "w128-d8-win8": {"model.depth": 8, "model.window_size": 8},
     # patch 4: an 8x8 token grid, a quarter of the tokens, so four times the width for about the same FLOPs per image;
-    # the wider GEMMs run nearer this CPU's matmul peak (0.29 s per batch-32 step against the w128 patch-2 model's 0.5)
+    # the wider GEMMs run nearer this CPU's matmul peak (docs/recipe_search.md: 1.7-2.0x faster steps side by side)
     "p4-w256-d4-win4": {"model.patch_size": 4, "model.hidden_size": 256, "model.num_heads": 4},
 }
 GROUPS = {
