@@ -43,12 +43,13 @@ def main(args) -> None:
     s2 = load_config(None, ["model.size=FlashDiT-S/2"])
     fm_info = dict(channels=1, size=32, num_classes=10)
     latent_info = dict(channels=4, size=32, num_classes=1000)
+    quick_batch = args.quick_batch or quick.train.global_batch_size
     cases = {
-        ("quickstart", "iwin"): (quick, fm_info, args.quick_batch),
+        ("quickstart", "iwin"): (quick, fm_info, quick_batch),
         ("quickstart", "attention"): (
             load_config(ROOT / "configs" / "fashion_mnist_attention.yaml"),
             fm_info,
-            args.quick_batch,
+            quick_batch,
         ),
         ("FlashDiT-S/2 256px", "iwin"): (s2, latent_info, args.s2_batch),
         ("FlashDiT-S/2 256px", "attention"): (
@@ -86,7 +87,7 @@ def main(args) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick-batch", type=int, default=64)
+    p.add_argument("--quick-batch", type=int, default=None, help="default: the quickstart config's batch")
     p.add_argument("--s2-batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--min-seconds", type=float, default=5.0)
