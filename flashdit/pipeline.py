@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import constants as diffusers_constants
+from filelock import FileLock
 
 from . import flow
 from .models.transformer import FlashDiTTransformer2DModel
@@ -62,6 +64,16 @@ def _carries_own_remote_code(folder: Path) -> bool:
     (then loading it runs nothing but ``import flashdit``)."""
     module = folder / f"{REMOTE_CODE_MODULE}.py"
     return module.is_file() and module.read_text() == REMOTE_CODE
+
+
+def _modules_cache_lock() -> FileLock:
+    """An inter-process lock on diffusers' dynamic-modules cache. Loading a pipeline with a custom-code module
+    copies that module into the cache (truncating the copy there first) and then imports the copy, so processes
+    loading at once (``accelerate launch`` ranks) can import another's half-written file; holding this lock makes
+    each copy-and-import whole."""
+    cache = Path(diffusers_constants.HF_MODULES_CACHE)
+    cache.mkdir(parents=True, exist_ok=True)
+    return FileLock(cache / "flashdit.lock")
 
 
 class FlashDiTPipeline(DiffusionPipeline):
@@ -156,7 +168,8 @@ class FlashDiTPipeline(DiffusionPipeline):
                 )
             if Path(path).is_dir() and _carries_own_remote_code(Path(path)):
                 kwargs["trust_remote_code"] = True
-        return super().from_pretrained(path, **kwargs)
+        with _modules_cache_lock():
+            return super().from_pretrained(path, **kwargs)
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None, **kwargs):
         """Add a LoRA adapter to the transformer: a directory (or hub id, or state dict) written by

@@ -363,6 +363,34 @@ def test_saved_pipeline_loads_through_plain_diffusers_with_trust_remote_code(tmp
         FlashDiTPipeline.from_pretrained(tmp_path / "p")
 
 
+def test_loading_waits_while_another_process_copies_the_custom_pipeline_module(tmp_path):
+    """Loading copies the custom-code module into diffusers' modules cache and imports it; ranks of one launch
+    that did so at once could import another's half-written copy. ``from_pretrained`` must wait for the
+    inter-process lock on that cache: a process holding it (as a loading rank does) finishes first."""
+    import subprocess
+    import sys
+
+    from flashdit.pipeline import _modules_cache_lock
+
+    pixel_pipe().save_pretrained(tmp_path / "p")
+    released = tmp_path / "released"
+    holder = (
+        "import sys, time; from filelock import FileLock\n"
+        "with FileLock(sys.argv[1]):\n"
+        "    print('held', flush=True); time.sleep(1.5); open(sys.argv[2], 'w').close()\n"
+    )
+    lock_file = _modules_cache_lock().lock_file
+    args = [sys.executable, "-c", holder, lock_file, str(released)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert not released.exists()
+        FlashDiTPipeline.from_pretrained(tmp_path / "p")
+        assert released.exists(), "from_pretrained ran while another process held the modules-cache lock"
+    finally:
+        proc.wait(timeout=30)
+
+
 def test_pipelines_saved_before_the_custom_pipeline_module_still_load(tmp_path):
     pipe = pixel_pipe(sampling=dict(num_inference_steps=2))
     pipe.save_pretrained(tmp_path / "old")
