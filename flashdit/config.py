@@ -225,12 +225,41 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
+BASE_KEY = "base"  # a recipe's top-level ``base: other.yaml`` (relative to the recipe) starts from that recipe
+
+
+def merge_values(base: dict, over: dict) -> dict:
+    """``over`` laid onto ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        both_maps = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_values(out[key], value) if both_maps else value
+    return out
+
+
+def read_config_values(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The nested values a YAML recipe sets, its ``base:`` chain resolved (the base's values under its own)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    if path.resolve() in _chain:
+        loop = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"config {path}: its {BASE_KEY} chain loops ({loop})")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict) or BASE_KEY not in values:
+        return values
+    values = dict(values)
+    base = values.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config {path}: {BASE_KEY}: {base!r} must be the path of another YAML recipe")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise FileNotFoundError(f"config {path}: {BASE_KEY}: {base} does not exist (looked for {base_path})")
+    return merge_values(read_config_values(base_path, (*_chain, path.resolve())), values)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML recipe (or the defaults when ``path`` is None) and apply overrides."""
-    values = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
+    """Read a YAML recipe (or the defaults when ``path`` is None), its ``base:`` chain first, and apply
+    overrides."""
+    values = read_config_values(path) if path is not None else {}
     return from_dict(ExperimentConfig, apply_overrides(values, overrides or []))

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from conftest import launch_two_cpu_processes, tiny_vae, write_idx
 from PIL import Image
 from safetensors.torch import load_file
 
 import train as train_script
 from flashdit import FlashDiTPipeline, checkpoint, training
-from flashdit.config import ConfigError, ExperimentConfig, from_dict, load_config
+from flashdit.config import ConfigError, ExperimentConfig, from_dict, load_config, read_config_values
 from flashdit.data import FASHION_MNIST_DIR, ResumableBatchSampler, load_idx_split, pad_and_scale, read_idx
 from flashdit.extract import main as extract_main
 from flashdit.extract import parse_args as extract_args
@@ -77,6 +76,43 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
     assert isinstance(from_dict(ExperimentConfig, {}), ExperimentConfig)
 
 
+def test_a_recipe_with_a_base_is_its_base_with_its_own_values_laid_over(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text(
+        "model:\n  depth: 6\n  hidden_size: 96\ntrain:\n  lr: 3.0e-4\n  betas: [0.9, 0.99]\n"
+        "sample:\n  guidance_interval: [0.1, 0.8]\n"
+    )
+    (tmp_path / "sub" / "child.yaml").write_text(
+        "base: ../base.yaml\nmodel:\n  depth: 8\ntrain:\n  betas: [0.8, 0.9]\n"
+        "sample:\n  guidance_interval: [0.0, 1.0]\n"
+    )
+    (tmp_path / "sub" / "grandchild.yaml").write_text("base: child.yaml\ntrain:\n  max_steps: 7\n")
+    cfg = load_config(tmp_path / "sub" / "grandchild.yaml", ["model.hidden_size=64"])
+    # the nearest file wins key by key; mappings merge, a list replaces; overrides come last
+    want = load_config(
+        None,
+        ["model.depth=8", "model.hidden_size=64", "train.lr=3.0e-4", "train.betas=[0.8, 0.9]"]
+        + ["train.max_steps=7", "sample.guidance_interval=[0.0, 1.0]"],
+    )
+    assert cfg == want
+    assert read_config_values(tmp_path / "sub" / "child.yaml")["model"] == {"depth": 8, "hidden_size": 96}
+
+
+def test_a_broken_base_chain_names_the_recipe_and_what_is_wrong(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: its base chain loops"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"c\.yaml: base: nowhere\.yaml does not exist"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"d\.yaml: base: \['a\.yaml'\] must be the path of another YAML recipe"):
+        load_config(tmp_path / "d.yaml")
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['base'\]"):  # not a --set key
+        load_config(None, ["base=a.yaml"])
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load_and_build(path):
     cfg = load_config(path)
@@ -84,8 +120,8 @@ def test_shipped_configs_load_and_build(path):
     info = info or dict(channels=cfg.model.in_channels or 4, size=cfg.model.sample_size or 32, num_classes=1000)
     with torch.device("meta"):
         model = training.build_model(cfg.model, info)
-    written = (yaml.safe_load(path.read_text()) or {}).get("model", {})
-    for key, value in written.items():  # every model setting the recipe writes reaches the model
+    written = read_config_values(path).get("model", {})
+    for key, value in written.items():  # every model setting the recipe (or its base) writes reaches the model
         if key != "size" and value is not None:
             assert model.config[key] == value, key
     for key in ("channels", "size", "num_classes"):  # and the data decides what the recipe leaves out
