@@ -248,8 +248,7 @@ def read_config_values(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict) or BASE_KEY not in values:
         return values
-    values = dict(values)
-    base = values.pop(BASE_KEY)
+    base = values.pop(BASE_KEY)  # a fresh mapping from safe_load: nobody else holds it
     if not isinstance(base, str) or not base:
         raise ConfigError(f"config {path}: {BASE_KEY}: {base!r} must be the path of another YAML recipe")
     base_path = path.parent / base
