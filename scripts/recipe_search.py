@@ -18,6 +18,10 @@ number of steps that fits its budget (30 min; 2 h for the long recipes). Rounds:
     python scripts/recipe_search.py search --device cuda      # the rounds (resumable: finished work is kept)
     python scripts/recipe_search.py report                    # tables -> docs/recipe_search.md
 
+On a 2-core CPU alone, ``--plan cpu`` ran three geometry proxies, and ``--plan cpu-optim`` takes the default of
+configs/fashion_mnist.yaml and changes one of learning rate, batch and EMA at a time (a third of its time each,
+300 samples at its stored sampling settings), then trains the winner, unless it is the default, for its whole time.
+
 Every stage writes its result beside the run (``spec.json``, ``pipeline/``, ``scores.jsonl``) and is skipped
 when present; a run whose recorded spec differs from the requested one is refused, never mixed.
 """
@@ -107,6 +111,25 @@ CPU_PROXIES = {
         "model.conv_init": "xavier",
     },
 }
+# The default since the search (configs/fashion_mnist.yaml) as changes from BASE, its stored sampling settings and
+# its step count (the 30-minute budget on this CPU, measured by training it: docs/recipe_search.md).
+DEFAULT = {**GEOMETRIES["p4-w256-d4-win4"], "train.global_batch_size": 32}
+DEFAULT_STEPS = 5400
+DEFAULT_SAMPLING = dict(
+    guidance_scale=2.5, guidance_interval=[0.1, 0.8], timestep_shift=0.5, sampler="euler", num_inference_steps=32
+)
+# The 2-core plan for the levers the first one left out, on the default: learning rate, batch (at the square-root
+# learning-rate scaling) and EMA, one change at a time. Proxies train for a third of the default's time; the winner,
+# if it is not the default, trains for the whole of it. Both are budgeted in the default's steps at equal time
+# (steps x the cost ratio measured side by side), so the whole run compares with the default's own.
+OPTIM_PROXIES = {
+    "optim-base": {},
+    "optim-lr5e-4": {"train.lr": 5.0e-4},
+    "optim-lr2e-3": {"train.lr": 2.0e-3},
+    "optim-bs64-lr1.4e-3": {"train.global_batch_size": 64, "train.lr": 1.4e-3},
+    "optim-ema0.9995": {"train.ema_decay": 0.9995},
+}
+OPTIM_FRACTION = {"optim-proxy": 1 / 3, "optim-full": 1.0}
 BUDGET_MINUTES = {"proxy": 10.0, "cpu-proxy": 4.0, "full": 30.0, "long": 120.0}
 # start-up, sample grids and export inside the budget
 RESERVE_MINUTES = {"proxy": 0.0, "cpu-proxy": 0.0, "full": 2.0, "long": 3.0}
@@ -172,6 +195,25 @@ def make_spec(name: str, round_: str, overrides: dict, cost: dict, scale: float 
     }
 
 
+def equal_time_spec(name: str, round_: str, change: dict, cost: dict, scale: float = 1.0) -> dict:
+    """The default with ``change``, for ``OPTIM_FRACTION[round_]`` of the default's steps at equal time."""
+    overrides = {**DEFAULT, **change}
+    default_s = cost_seconds(cost, model_key(DEFAULT))
+    if model_key(overrides) not in cost:
+        raise SystemExit(f"no CPU cost for {model_key(overrides)}: run `python scripts/recipe_search.py cost`")
+    step_s = cost_seconds(cost, model_key(overrides))
+    steps = max(1, round(DEFAULT_STEPS * OPTIM_FRACTION[round_] * scale * default_s / step_s))
+    return {
+        "name": name,
+        "round": round_,
+        "overrides": overrides,
+        "steps": steps,
+        "cpu_step_seconds": step_s,
+        "cpu_minutes": round(steps * step_s / 60, 1),
+        "budget_minutes": round(DEFAULT_STEPS * OPTIM_FRACTION[round_] * scale * default_s / 60, 1),
+    }
+
+
 def config_for(spec: dict, out: Path, data_path: str | None):
     from flashdit.config import load_config
 
@@ -189,6 +231,8 @@ def config_for(spec: dict, out: Path, data_path: str | None):
             "data.path": data_path,
         }
     )
+    if spec.get("round", "").startswith("optim-"):  # the exported pipeline samples as it was scored
+        values.update({f"sample.{k}": v for k, v in DEFAULT_SAMPLING.items()})
     return load_config(None, [f"{k}={json.dumps(v)}" for k, v in values.items()])
 
 
@@ -333,6 +377,10 @@ def worker(args) -> None:
         start = time.perf_counter()
         train(config_for(spec, Path(args.out), args.data), resume=True)
         write_json(run_dir / "train_time.json", {"device": args.device, "seconds": round(time.perf_counter() - start)})
+    if spec["round"].startswith("optim-"):
+        n = args.num_samples if spec["round"] == "optim-proxy" else args.confirm_samples
+        score(run_dir, [DEFAULT_SAMPLING], n, args)
+        return
     sweep = PROXY_SWEEP if spec["round"] in ("proxy", "cpu-proxy") else GUIDANCE_SWEEP
     score(run_dir, sweep, args.num_samples, args)
 
@@ -451,6 +499,9 @@ def search(args) -> None:
         ranked = sorted(CPU_PROXIES, key=lambda name: best(out / name)["fid"])
         print(f"ranked by FID-{args.num_samples}: {ranked}", flush=True)
         return
+    if args.plan == "cpu-optim":
+        optim_search(args, cost)
+        return
 
     print("round 1: proxies", flush=True)
     run_all(proxy_specs(cost, args.scale), args)
@@ -482,6 +533,26 @@ def search(args) -> None:
         setting = {**chosen_sampling, "guidance_scale": b["guidance_scale"]}
         row = score(out / name, [setting], args.confirm_samples, args)[0]
         print(f"  {name}: FID {row['fid']}, class accuracy {row['class_accuracy']}", flush=True)
+
+
+def optim_search(args, cost: dict) -> None:
+    """Proxies of the default's optimiser levers, ranked by FID at its stored sampling settings; the winner,
+    unless it is the default itself (already trained in full: configs/fashion_mnist.yaml), at full length."""
+    out = Path(args.out)
+    run_all([equal_time_spec(name, "optim-proxy", o, cost, args.scale) for name, o in OPTIM_PROXIES.items()], args)
+    fids = {name: best(out / name)["fid"] for name in OPTIM_PROXIES}
+    ranked = sorted(fids, key=fids.get)
+    print(f"ranked by FID-{args.num_samples}: " + ", ".join(f"{n} {fids[n]}" for n in ranked), flush=True)
+    winner = ranked[0]
+    write_json(out / "optim_winner.json", {"ranked": ranked, "fid": fids, "winner": winner})
+    if winner == "optim-base":
+        print("the default wins its proxies: nothing to train at full length", flush=True)
+        return
+    name = winner.replace("optim-", "optim-full-")
+    full = equal_time_spec(name, "optim-full", OPTIM_PROXIES[winner], cost, args.scale)
+    run_all([full], args)
+    row = best(out / name, args.confirm_samples)
+    print(f"{name}: FID-{args.confirm_samples} {row['fid']}, class accuracy {row['class_accuracy']}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,7 +592,7 @@ def report(args) -> Path:
                 b,
             )
         )
-    order = {"cpu-proxy": 0, "proxy": 1, "full": 2, "long": 3}
+    order = {"cpu-proxy": 0, "proxy": 1, "optim-proxy": 2, "full": 3, "optim-full": 4, "long": 5}
     lines += [
         "| round | run | changes from the old default | steps | CPU min | training wall s | best setting | "
         "n | FID | KID | class acc |",
@@ -597,7 +668,12 @@ def parse_args(argv=None):
     p.add_argument("--report", default=str(ROOT / "docs" / "recipe_search_results.md"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="runs trained at once (search)")
-    p.add_argument("--plan", choices=["grid", "cpu"], default="grid", help="(search) the grid, or the 2-core plan")
+    p.add_argument(
+        "--plan",
+        choices=["grid", "cpu", "cpu-optim"],
+        default="grid",
+        help="(search) the grid, the 2-core plan, or the 2-core plan for the default's optimiser, batch and EMA",
+    )
     p.add_argument("--threads", type=int, default=2, help="CPU threads per run (cost: the budget's cores)")
     p.add_argument("--data", default=None, help="Fashion-MNIST IDX directory (default: Debian's)")
     p.add_argument("--cache", default=None, help="directory of the judge CNN (default: flashdit's, $FLASHDIT_CACHE)")

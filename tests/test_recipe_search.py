@@ -61,3 +61,68 @@ def test_cost_keys_tell_patch_and_heads_apart_and_earlier_measurements_still_app
     keys = rs.cost_keys()
     assert set(measured) <= set(keys)  # the keys timed before patch and heads varied are still asked for
     assert {"iwin-w256-d4-p4-h4-win4-bs32", "attention-w256-d4-p4-h4-bs32"} <= set(keys) - set(measured)
+
+
+def test_the_optimiser_plan_starts_from_the_shipped_default():
+    from flashdit.config import load_config, to_dict
+
+    shipped = to_dict(load_config(Path(rs.ROOT) / "configs" / "fashion_mnist.yaml"))
+    spec = rs.equal_time_spec("optim-base", "optim-full", {}, fake_cost())
+    plan = to_dict(rs.config_for(spec, Path("/tmp/runs"), None))
+    assert spec["steps"] == shipped["train"]["max_steps"] == rs.DEFAULT_STEPS
+    for section in ("model", "flow", "data"):
+        assert plan[section] == shipped[section]
+    bookkeeping = {"output_dir", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "trackers"}
+    assert {k: v for k, v in plan["train"].items() if k not in bookkeeping} == {
+        k: v for k, v in shipped["train"].items() if k not in bookkeeping
+    }
+    # scored, and exported, at the default's stored sampling settings
+    assert {k: shipped["sample"][k] for k in rs.DEFAULT_SAMPLING} == rs.DEFAULT_SAMPLING
+    assert {k: plan["sample"][k] for k in rs.DEFAULT_SAMPLING} == rs.DEFAULT_SAMPLING
+
+
+def test_optimiser_proxies_train_a_third_of_the_defaults_time():
+    cost = fake_cost()
+    default_key = rs.model_key(rs.DEFAULT)
+    bs64_key = rs.model_key({**rs.DEFAULT, "train.global_batch_size": 64})
+    cost[default_key] = {"step_seconds": 0.33, "vs_old_default": 0.25}
+    cost[bs64_key] = {"step_seconds": 0.66, "vs_old_default": 0.5}
+    specs = {n: rs.equal_time_spec(n, "optim-proxy", o, cost) for n, o in rs.OPTIM_PROXIES.items()}
+    assert specs["optim-base"]["steps"] == rs.DEFAULT_STEPS // 3
+    assert specs["optim-lr2e-3"]["steps"] == rs.DEFAULT_STEPS // 3  # same model and batch: same cost
+    assert specs["optim-bs64-lr1.4e-3"]["steps"] == rs.DEFAULT_STEPS // 6  # twice the step cost: half the steps
+    assert specs["optim-lr2e-3"]["overrides"] == {**rs.DEFAULT, "train.lr": 2.0e-3}
+    del cost[bs64_key]
+    with pytest.raises(SystemExit, match="no CPU cost"):
+        rs.equal_time_spec("x", "optim-proxy", {"train.global_batch_size": 64}, cost)
+
+
+@pytest.mark.parametrize("winner", ["optim-base", "optim-lr2e-3"])
+def test_the_optimiser_plan_trains_the_winner_in_full_unless_it_is_the_default(tmp_path, monkeypatch, winner):
+    cost = fake_cost()
+    cost[rs.model_key(rs.DEFAULT)] = cost[rs.model_key({**rs.DEFAULT, "train.global_batch_size": 64})] = {
+        "step_seconds": 0.33,
+        "vs_old_default": 0.25,
+    }
+    trained = []
+
+    def fake_run_all(specs, args):  # each run "scores" FID 50, the winner 40
+        for spec in specs:
+            trained.append(spec)
+            run_dir = tmp_path / spec["name"]
+            run_dir.mkdir(parents=True, exist_ok=True)
+            n = args.num_samples if spec["round"] == "optim-proxy" else args.confirm_samples
+            fid = 40.0 if spec["name"] in (winner, winner.replace("optim-", "optim-full-")) else 50.0
+            row = {"key": spec["name"], "num_samples": n, "fid": fid, "class_accuracy": 0.9}
+            (run_dir / "scores.jsonl").write_text(json.dumps(row) + "\n")
+
+    monkeypatch.setattr(rs, "run_all", fake_run_all)
+    args = rs.parse_args(["search", "--plan", "cpu-optim", "--out", str(tmp_path), "--num-samples", "300"])
+    rs.optim_search(args, cost)
+    assert json.loads((tmp_path / "optim_winner.json").read_text())["winner"] == winner
+    full = [s for s in trained if s["round"] == "optim-full"]
+    if winner == "optim-base":
+        assert full == []
+    else:
+        assert [s["name"] for s in full] == ["optim-full-lr2e-3"]
+        assert full[0]["steps"] == rs.DEFAULT_STEPS and full[0]["overrides"]["train.lr"] == 2.0e-3
