@@ -177,13 +177,14 @@ def cost_seconds(cost: dict, key: str) -> float:
     return round(cost[key]["vs_old_default"] * anchor, 4)
 
 
-def make_spec(name: str, round_: str, overrides: dict, cost: dict, scale: float = 1.0) -> dict:
+def step_cost(cost: dict, overrides: dict) -> float:
     key = model_key(overrides)
     if key not in cost:
         raise SystemExit(f"no CPU cost for {key}: run `python scripts/recipe_search.py cost` on the CPU machine")
-    budget = BUDGET_MINUTES[round_] * scale
-    step_s = cost_seconds(cost, key)
-    steps = max(1, int((budget - RESERVE_MINUTES[round_] * scale) * 60 / step_s))
+    return cost_seconds(cost, key)
+
+
+def spec_for(name: str, round_: str, overrides: dict, steps: int, step_s: float, budget_minutes: float) -> dict:
     return {
         "name": name,
         "round": round_,
@@ -191,27 +192,24 @@ def make_spec(name: str, round_: str, overrides: dict, cost: dict, scale: float 
         "steps": steps,
         "cpu_step_seconds": step_s,
         "cpu_minutes": round(steps * step_s / 60, 1),
-        "budget_minutes": budget,
+        "budget_minutes": budget_minutes,
     }
+
+
+def make_spec(name: str, round_: str, overrides: dict, cost: dict, scale: float = 1.0) -> dict:
+    """BASE with ``overrides``, for the steps that fit its round's budget less the reserve."""
+    step_s = step_cost(cost, overrides)
+    budget = BUDGET_MINUTES[round_] * scale
+    steps = max(1, int((budget - RESERVE_MINUTES[round_] * scale) * 60 / step_s))
+    return spec_for(name, round_, overrides, steps, step_s, budget)
 
 
 def equal_time_spec(name: str, round_: str, change: dict, cost: dict, scale: float = 1.0) -> dict:
     """The default with ``change``, for ``OPTIM_FRACTION[round_]`` of the default's steps at equal time."""
     overrides = {**DEFAULT, **change}
-    default_s = cost_seconds(cost, model_key(DEFAULT))
-    if model_key(overrides) not in cost:
-        raise SystemExit(f"no CPU cost for {model_key(overrides)}: run `python scripts/recipe_search.py cost`")
-    step_s = cost_seconds(cost, model_key(overrides))
-    steps = max(1, round(DEFAULT_STEPS * OPTIM_FRACTION[round_] * scale * default_s / step_s))
-    return {
-        "name": name,
-        "round": round_,
-        "overrides": overrides,
-        "steps": steps,
-        "cpu_step_seconds": step_s,
-        "cpu_minutes": round(steps * step_s / 60, 1),
-        "budget_minutes": round(DEFAULT_STEPS * OPTIM_FRACTION[round_] * scale * default_s / 60, 1),
-    }
+    step_s = step_cost(cost, overrides)
+    budget_s = DEFAULT_STEPS * OPTIM_FRACTION[round_] * scale * step_cost(cost, DEFAULT)
+    return spec_for(name, round_, overrides, max(1, round(budget_s / step_s)), step_s, round(budget_s / 60, 1))
 
 
 def config_for(spec: dict, out: Path, data_path: str | None):
