@@ -191,6 +191,25 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
+def ema_warmup_note(t: TrainConfig) -> str | None:
+    """What to tell a user whose ``ema_decay`` the warm-up ramp never reaches: then every decay at or above the
+    ramp's last value gives the same EMA, and the setting does nothing."""
+    if not t.ema_warmup or t.ema_decay >= 1:
+        return None
+    # the first step s with (1 + s)/(10 + s) >= decay, from below the closed form (it rounds either way)
+    reached = max(0, math.floor((10 * t.ema_decay - 1) / (1 - t.ema_decay)) - 1)
+    while ema_decay_at(reached, t.ema_decay, True) < t.ema_decay:
+        reached += 1
+    if reached <= t.max_steps:
+        return None
+    return (
+        f"note: train.ema_decay={t.ema_decay} is never reached: with train.ema_warmup the decay at step s is "
+        f"min(ema_decay, (1 + s)/(10 + s)), which reaches {t.ema_decay} at step {reached}; these "
+        f"{t.max_steps} steps end at {ema_decay_at(t.max_steps, t.ema_decay, True):.4f}, so any ema_decay above that "
+        "gives the same EMA"
+    )
+
+
 def check_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm: torch.Tensor, step: int, output_dir) -> None:
     """Stop before an update with a non-finite loss or gradient, so no checkpoint ever holds its result."""
     values = accelerator.reduce(torch.stack([loss.detach().float(), torch.as_tensor(grad_norm).float()]), "sum")
@@ -489,6 +508,8 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
     restored = {}
     if resume and checkpoint is None:
         accelerator.print(f"no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
+    if note := ema_warmup_note(t):
+        accelerator.print(note)
     if checkpoint is not None:
         restored = load_checkpoint(accelerator, checkpoint, state.model, state.ema, state.optimizer, state.scheduler)
         if restored["global_batch_size"] != t.global_batch_size:

@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -298,6 +299,28 @@ def test_tiny_run_on_latents_exports_a_working_pipeline(tmp_path, image_folder):
     assert pipe.config.latents_std is not None and pipe.id2label == {0: "cat", 1: "dog", 2: "fox"}
     images = pipe(["dog", 0], num_inference_steps=2, output_type="pt").images
     assert images.shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("decay", [0.99, 0.998, 0.999, 0.9995, 0.9999])
+def test_the_ema_note_names_the_first_step_at_which_the_warmup_ramp_reaches_the_decay(decay):
+    t = from_dict(ExperimentConfig, {"train": {"ema_decay": decay, "ema_warmup": True, "max_steps": 1}}).train
+    step = int(re.search(r"reaches \S+ at step (\d+)", training.ema_warmup_note(t)).group(1))
+    # against the decay the EMA update itself uses: reached at that step, not one step before
+    assert training.ema_decay_at(step, decay, True) == decay > training.ema_decay_at(step - 1, decay, True)
+    for max_steps, noted in ((step - 1, True), (step, False), (10 * step, False)):
+        t.max_steps = max_steps
+        assert (training.ema_warmup_note(t) is not None) == noted
+    t.ema_warmup, t.max_steps = False, 1  # a constant decay is always the one asked for
+    assert training.ema_warmup_note(t) is None
+
+
+def test_a_run_whose_ema_decay_is_never_reached_says_so(tmp_path, idx_dir, capsys):
+    reached = ("train.max_steps=2", "train.ema_warmup=true", "train.ema_decay=0.25")  # (1 + 2)/(10 + 2) = 0.25
+    run_train(*cfg_args(tmp_path / "run", idx_dir, *reached))
+    assert "is never reached" not in capsys.readouterr().out
+    run_train(*cfg_args(tmp_path / "run2", idx_dir, *reached[:2], "train.ema_decay=0.999"))
+    out = capsys.readouterr().out
+    assert "train.ema_decay=0.999 is never reached" in out and "end at 0.2500" in out  # (1 + 2)/(10 + 2)
 
 
 def test_loss_falls_when_overfitting_one_batch(tmp_path, idx_dir):
