@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import latent_train_step_flops, time_round_robin  # noqa: E402
 from flashdit.classifier import class_accuracy, fashion_mnist_classifier  # noqa: E402
-from flashdit.config import load_config  # noqa: E402
+from flashdit.config import load_config, to_dict  # noqa: E402
 from flashdit.data import load_idx_split, pad_and_scale, pad_images  # noqa: E402
 from flashdit.evaluation import (  # noqa: E402
     InceptionFeatures,
@@ -116,13 +116,36 @@ def row_config(row: str, seed: int, args, out: Path | None = None):
     return load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides)
 
 
+def run_spec(row: str, seed: int, args) -> dict:
+    """What a run directory was made with: its row and the whole resolved recipe (the quickstart config with the
+    row's changes), so that a sitting after the shipped recipe changed refuses the old runs instead of mixing them."""
+    config = to_dict(row_config(row, seed, args))
+    del config["train"]["output_dir"]
+    return json.loads(json.dumps({"row": row, "seed": seed, "steps": args.steps, "config": config}))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def check_spec(out: Path, spec: dict) -> None:
     """Refuse a run directory made with other settings: its results would be mixed with these."""
     path = out / "spec.json"
     old = read_json(path)
     if old is not None and old != spec:
+        was, now = _flat(old), _flat(spec)
+        diffs = [
+            f"{k}={was.get(k, '(unset)')} there, {now.get(k, '(unset)')} now"
+            for k in sorted({*was, *now})
+            if was.get(k) != now.get(k)
+        ]
+        more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
         raise SystemExit(
-            f"depth_study.py: error: {out} was made with {old}, not {spec}; delete it or use another --out"
+            f"depth_study.py: error: {out} was made with other settings ({'; '.join(diffs[:4])}{more}); "
+            "delete it or use another --out"
         )
     if old is None:
         write_json(path, spec)
@@ -134,7 +157,7 @@ def check_spec(out: Path, spec: dict) -> None:
 
 def train_run(row: str, seed: int, args) -> dict:
     out = run_dir(row, seed, args)
-    check_spec(out, {"row": row, "overrides": ROWS[row][1], "seed": seed, "steps": args.steps})
+    check_spec(out, run_spec(row, seed, args))
     record = out / "train.json"
     if (out / "pipeline" / "model_index.json").is_file() and record.is_file():
         return read_json(record)

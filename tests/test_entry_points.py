@@ -1,6 +1,7 @@
 """Smoke tests: every benchmark and script entry point runs end to end on tiny settings (one thread, one
 repeat) and prints its table, or refuses an empty output folder with one line."""
 
+import json
 import os
 import subprocess
 import sys
@@ -196,3 +197,28 @@ def test_depth_study_rows_stay_on_the_papers_16x16_grid_whatever_the_quickstart_
     for row in depth_study.ROWS:
         cfg = depth_study.row_config(row, 0, depth_study.parse_args(["--steps", "3"]))
         assert cfg.data.pad_to // cfg.model.patch_size == 16, row
+
+
+def test_depth_study_refuses_runs_made_before_the_shipped_recipe_changed(tmp_path):
+    """The spec holds the whole resolved recipe, so a changed quickstart config (here its learning rate) between
+    two sittings is refused, naming the setting, instead of resuming old runs under the new recipe."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import depth_study
+
+    from flashdit.config import load_config
+
+    args = depth_study.parse_args(["--steps", "3", "--out", str(tmp_path)])
+    spec = depth_study.run_spec("flashdit-d4-win4", 0, args)
+    shipped = load_config(ROOT / "configs" / "fashion_mnist.yaml")
+    assert spec["config"]["train"]["lr"] == shipped.train.lr
+    assert spec["config"]["model"]["window_size"] == 4 and spec["config"]["model"]["patch_size"] == 2
+    out = depth_study.run_dir("flashdit-d4-win4", 0, args)
+    depth_study.check_spec(out, spec)  # first sitting: written
+    depth_study.check_spec(out, depth_study.run_spec("flashdit-d4-win4", 0, args))  # same recipe: accepted
+    stale = json.loads((out / "spec.json").read_text())
+    stale["config"]["train"]["lr"] = shipped.train.lr / 2
+    (out / "spec.json").write_text(json.dumps(stale))
+    with pytest.raises(
+        SystemExit, match=rf"was made with other settings \(config\.train\.lr={shipped.train.lr / 2} there"
+    ):
+        depth_study.check_spec(out, spec)
