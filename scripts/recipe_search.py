@@ -113,9 +113,9 @@ CPU_PROXIES = {
         "model.conv_init": "xavier",
     },
 }
-# The default since the search (configs/fashion_mnist.yaml) as changes from BASE, and, read from that config, its
-# step count (the 30-minute budget on this CPU, measured by training it: docs/recipe_search.md) and its stored
-# sampling settings.
+# The default the cpu-optim plan starts from, as changes from BASE: configs/fashion_mnist.yaml as it was before it
+# took that plan's winning learning rate (4e-3 for 1e-3); and, read from the config, its step count (the 30-minute
+# budget on this CPU, measured by training it: docs/recipe_search.md) and its stored sampling settings.
 DEFAULT = {**GEOMETRIES["p4-w256-d4-win4"], "train.global_batch_size": 32}
 _SHIPPED = yaml.safe_load((ROOT / "configs" / "fashion_mnist.yaml").read_text())
 DEFAULT_STEPS = _SHIPPED["train"]["max_steps"]

@@ -65,20 +65,32 @@ def test_cost_keys_tell_patch_and_heads_apart_and_earlier_measurements_still_app
     assert set(keys) == set(measured)
 
 
-def test_the_optimiser_plan_starts_from_the_shipped_default():
+def test_the_shipped_default_is_the_optimiser_plans_winner_at_full_length():
+    """configs/fashion_mnist.yaml is what the cpu-optim plan trained as its winner for the default's whole budget,
+    and the plan's own base differs from it only in the learning rate it changed."""
     from flashdit.config import load_config, to_dict
 
     shipped = to_dict(load_config(Path(rs.ROOT) / "configs" / "fashion_mnist.yaml"))
-    spec = rs.equal_time_spec("optim-base", "optim-full", {}, fake_cost())
-    plan = to_dict(rs.config_for(spec, Path("/tmp/runs"), None))
-    assert spec["steps"] == shipped["train"]["max_steps"] == rs.DEFAULT_STEPS
-    for section in ("model", "flow", "data"):
-        assert plan[section] == shipped[section]
     bookkeeping = {"output_dir", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "trackers"}
-    assert {k: v for k, v in plan["train"].items() if k not in bookkeeping} == {
-        k: v for k, v in shipped["train"].items() if k not in bookkeeping
+
+    def recipe(cfg: dict) -> dict:
+        return {
+            **{s: cfg[s] for s in ("model", "flow", "data")},
+            "train": {k: v for k, v in cfg["train"].items() if k not in bookkeeping},
+        }
+
+    winner = rs.equal_time_spec("optim-full-lr4e-3", "optim-full", rs.OPTIM_PROXIES["optim-lr4e-3"], fake_cost())
+    base = rs.equal_time_spec("optim-base", "optim-full", {}, fake_cost())
+    assert winner["steps"] == base["steps"] == shipped["train"]["max_steps"] == rs.DEFAULT_STEPS
+    assert recipe(to_dict(rs.config_for(winner, Path("/tmp/runs"), None))) == recipe(shipped)
+    base_recipe = recipe(to_dict(rs.config_for(base, Path("/tmp/runs"), None)))
+    assert base_recipe["train"].pop("lr") == 1.0e-3 and shipped["train"]["lr"] == 4.0e-3
+    assert base_recipe == {
+        **recipe(shipped),
+        "train": {k: v for k, v in recipe(shipped)["train"].items() if k != "lr"},
     }
     # scored, and exported, at the default's stored sampling settings
+    plan = to_dict(rs.config_for(winner, Path("/tmp/runs"), None))
     assert {k: shipped["sample"][k] for k in rs.DEFAULT_SAMPLING} == rs.DEFAULT_SAMPLING
     assert {k: plan["sample"][k] for k in rs.DEFAULT_SAMPLING} == rs.DEFAULT_SAMPLING
 
