@@ -542,7 +542,7 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
         with atomic_path(output_dir / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if t.trackers:
-        accelerator.init_trackers("flashdit", config=_flat(to_dict(cfg)))
+        accelerator.init_trackers("flashdit", config=flat_dict(to_dict(cfg)))
     return state, info, batches
 
 
@@ -611,12 +611,13 @@ def export_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, out_dir: st
     return export_pipeline(make_pipeline(merged_copy(model.eval()), info, cfg), out_dir)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flat_dict(d: dict, prefix: str = "") -> dict:
+    """Nested dicts as one level of dotted keys; values other than scalars as strings (tracker-safe)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
+            out.update(flat_dict(v, key + "."))
         else:
             out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out

@@ -59,7 +59,7 @@ from flashdit.evaluation import (  # noqa: E402
 )
 from flashdit.pipeline import load_pipeline  # noqa: E402
 from flashdit.sampling import generate  # noqa: E402
-from flashdit.training import build_model, make_train_step, train  # noqa: E402
+from flashdit.training import build_model, flat_dict, make_train_step, train  # noqa: E402
 from flashdit.utils import atomic_path  # noqa: E402
 
 ATTENTION = ["model.mixer=attention", "model.kernel_size=null", "model.pos_embed=sincos"]
@@ -124,19 +124,12 @@ def run_spec(row: str, seed: int, args) -> dict:
     return json.loads(json.dumps({"row": row, "seed": seed, "steps": args.steps, "config": config}))
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def check_spec(out: Path, spec: dict) -> None:
     """Refuse a run directory made with other settings: its results would be mixed with these."""
     path = out / "spec.json"
     old = read_json(path)
     if old is not None and old != spec:
-        was, now = _flat(old), _flat(spec)
+        was, now = flat_dict(old), flat_dict(spec)
         diffs = [
             f"{k}={was.get(k, '(unset)')} there, {now.get(k, '(unset)')} now"
             for k in sorted({*was, *now})
