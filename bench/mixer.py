@@ -6,7 +6,8 @@ training step against the same model with global attention.
 
 Prints markdown tables (medians; ratios from the same run) for docs/benchmarks.md. ``FLOP ratio`` is the speed
 ratio an implementation bound by arithmetic alone would reach (FLOPs counted on the meta device); ``of FLOP
-ratio`` is the measured ratio's share of it. The CLIs run with PyTorch's huge-page CPU allocator
+ratio`` is the measured ratio's share of it. ``iwin-sep`` is the mixer with its branch sum done the way it was before
+the fused scatter+sum (scatter the windows into a fresh grid, then add the convolution): the before/after pair. The CLIs run with PyTorch's huge-page CPU allocator
 (``THP_MEM_ALLOC_ENABLE=1``, see train.py); run this once with and once without it to compare.
 """
 
@@ -33,10 +34,21 @@ from common import (
 from flashdit import FlashDiTTransformer2DModel
 from flashdit.models.mixer import IwinMixer, WindowAttention
 
+
+
+class SeparateSumIwin(IwinMixer):
+    """The mixer before the fused sum: the attention windows scattered into a fresh grid, then the convolution
+    added to it. Timed beside the fused mixer for the before/after column."""
+
+    def forward(self, x, rope=None):
+        return self.attn(x, rope).add_(self.conv(x))
+
+
 MIXERS = {
     "global": lambda d, h, m: WindowAttention(d, h, window_size=None),
     "w-msa": lambda d, h, m: WindowAttention(d, h, window_size=m, interleaved=False),
     "iw-msa": lambda d, h, m: WindowAttention(d, h, window_size=m, interleaved=True),
+    "iwin-sep": lambda d, h, m: SeparateSumIwin(d, h, window_size=m, kernel_size=3),
     "iwin": lambda d, h, m: IwinMixer(d, h, window_size=m, kernel_size=3),
 }
 MODELS = {"iwin": dict(mixer="iwin"), "attention": dict(mixer="attention", kernel_size=None, pos_embed="sincos")}
@@ -96,6 +108,7 @@ def main(args) -> None:
             + [f"{mem[n]:.0f}" for n in MIXERS]
             + [f"{t['global'] / t['iwin']:.2f}x", f"{flop_ratio:.2f}x"]
             + [f"{t['iwin'] / t['w-msa']:.2f}", f"{t['iw-msa'] / t['w-msa']:.2f}"]
+            + [f"{t['global'] / t['iwin-sep']:.2f}x", f"{t['iwin-sep'] / t['iwin']:.2f}x"]
         )
         print(f"  grid {grid}: " + ", ".join(f"{n} {t[n] * 1e3:.1f} ms" for n in t), flush=True)
     header = (
@@ -103,6 +116,7 @@ def main(args) -> None:
         + [f"{n} ms" for n in MIXERS]
         + [f"{n} MiB" for n in MIXERS]
         + ["global / iwin", "FLOP ratio", "iwin / w-msa", "iw-msa / w-msa"]
+        + ["global / iwin-sep", "iwin-sep / iwin"]
     )
     print("\n## Mixer forward+backward\n")
     print(markdown_table(header, rows))

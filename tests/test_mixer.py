@@ -169,6 +169,29 @@ def test_mixer_is_sum_of_branches_and_ablation_rows():
         IwinMixer(16, 2, kernel_size=None, attention=False)
 
 
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("H,W,M", [(8, 12, 4), (16, 16, 8), (6, 10, 4), (4, 4, 4)])
+def test_fused_scatter_and_sum_equals_the_branches_added(interleaved, H, W, M):
+    """The mixer adds the attention windows straight into the convolution's output (one pass, no scatter
+    buffer); forward and every gradient must equal the two public branches scattered and summed."""
+    torch.manual_seed(0)
+    mixer = IwinMixer(16, 2, window_size=M, kernel_size=3, interleaved=interleaved).double()
+    rope = (torch.randn(H, W, 8, dtype=torch.float64), torch.randn(H, W, 8, dtype=torch.float64))
+    x = torch.randn(2, H, W, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, H, W, 16, dtype=torch.float64)  # a loss that weighs every output differently
+
+    def grads(out):
+        return torch.autograd.grad((out * w).sum(), [x, *mixer.parameters()])
+
+    want = mixer.attn(x, rope) + mixer.conv(x)
+    got = mixer(x, rope)
+    torch.testing.assert_close(got, want)
+    for g, r in zip(grads(got), grads(want), strict=True):
+        torch.testing.assert_close(g, r)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x, rope), want)
+
+
 def input_support(module, H, W, i0, j0):
     """Grid positions whose input changes output token (i0, j0): the nonzero input gradient."""
     x = torch.randn(1, H, W, 8, dtype=torch.float64, requires_grad=True)

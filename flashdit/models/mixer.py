@@ -225,6 +225,16 @@ class WindowAttention(nn.Module):
         Returns:
             ``(B, H, W, C)``.
         """
+        out, grid = self.windows(x, rope)
+        # scatter the windows back to the grid and crop the padding
+        out = grid.from_windows(out)
+        return out[:, : grid.H, : grid.W] if grid.padded else out
+
+    def windows(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, WindowGrid]:
+        """The output still in window order, ``(B, Hg·Wg, Mh·Mw, C)``, and the layout that scatters it back
+        (:meth:`WindowGrid.from_windows`); :meth:`forward` is the two together."""
         B, H, W, C = x.shape
         grid = WindowGrid.for_grid(H, W, self.window_size, self.interleaved)
         nW, L, nh, hd = grid.num_windows, grid.window_len, self.num_heads, self.head_dim
@@ -257,10 +267,8 @@ class WindowAttention(nn.Module):
         else:  # diffusers' attention dispatch, (batch, tokens, heads, head_dim) in and out
             out = dispatch_attention_fn(q, k, v, attn_mask=mask, backend=self.attention_backend)
 
-        # 4. project per token, then scatter the windows back to the grid and crop the padding
-        out = self.proj(out.reshape(B, nW, L, C))
-        out = grid.from_windows(out)
-        return out[:, :H, :W] if grid.padded else out
+        # 4. project per token, still in window order
+        return self.proj(out.reshape(B, nW, L, C)), grid
 
 
 class DepthwiseConv(nn.Module):
@@ -274,7 +282,36 @@ class DepthwiseConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # a permuted contiguous (B, H, W, C) tensor is already channels_last: no copy either way
-        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.conv_nchw(x).permute(0, 2, 3, 1)
+
+    def conv_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of a ``(B, H, W, C)`` grid as the ``(B, C, H, W)`` tensor it computes (channels-last
+        memory), not a view: an in-place update of it needs no view bookkeeping in autograd."""
+        return self.conv(x.permute(0, 3, 1, 2))
+
+
+class _AddWindows(torch.autograd.Function):
+    """``y += scatter(windows)`` in place, for ``y`` a ``(B, C, H, W)`` tensor with channels-last memory and
+    ``windows`` ``(B, Hg·Wg, Mh·Mw, C)`` in the window order of an unpadded :class:`WindowGrid`.
+
+    The scatter is read through a strided view, so the sum costs one pass over memory and no new buffer,
+    where ``from_windows(windows) + y`` copies the windows into a fresh grid first. Neither the
+    convolution nor the projection that made the two inputs keeps its output for backward, so updating
+    ``y`` in place is safe.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, windows: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+        ctx.grid = grid
+        ctx.mark_dirty(y)
+        B, C = windows.shape[0], windows.shape[-1]
+        # partition() is a view: y seen as (B, Hg, Wg, Mh, Mw, C), the windows' own layout
+        grid.partition(y.permute(0, 2, 3, 1)).add_(windows.view(B, grid.Hg, grid.Wg, grid.Mh, grid.Mw, C))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, ctx.grid.to_windows(grad.permute(0, 2, 3, 1)), None
 
 
 class IwinMixer(nn.Module):
@@ -328,8 +365,13 @@ class IwinMixer(nn.Module):
         Returns:
             ``(B, H, W, C)``.
         """
-        attn, conv = self.branches(x, rope)
-        if attn is None:
-            return conv
-        # in place: attn is a fresh tensor whose producers do not need it for backward
-        return attn if conv is None else attn.add_(conv)
+        if self.attn is None:
+            return self.conv(x)
+        if self.conv is None:
+            return self.attn(x, rope)
+        windows, grid = self.attn.windows(x, rope)
+        if grid.padded:
+            attn = grid.from_windows(windows)[:, : grid.H, : grid.W]
+            return attn + self.conv(x)
+        # the window scatter and the branch sum in one pass, into the convolution's output
+        return _AddWindows.apply(self.conv.conv_nchw(x), windows, grid).permute(0, 2, 3, 1)
