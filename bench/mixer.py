@@ -6,9 +6,10 @@ training step against the same model with global attention.
 
 Prints markdown tables (medians; ratios from the same run) for docs/benchmarks.md. ``FLOP ratio`` is the speed
 ratio an implementation bound by arithmetic alone would reach (FLOPs counted on the meta device); ``of FLOP
-ratio`` is the measured ratio's share of it. ``iwin-sep`` is the mixer with its branch sum done the way it was before
-the fused scatter+sum (scatter the windows into a fresh grid, then add the convolution): the before/after pair. The CLIs run with PyTorch's huge-page CPU allocator
-(``THP_MEM_ALLOC_ENABLE=1``, see train.py); run this once with and once without it to compare.
+ratio`` is the measured ratio's share of it. ``iwin-sep`` is the mixer with its branch sum done as before the fused
+scatter+sum (the windows scattered into a fresh grid, then the convolution added): the before/after pair. The
+CLIs run with PyTorch's huge-page CPU allocator (``THP_MEM_ALLOC_ENABLE=1``, see train.py); run this once with and
+once without it to compare.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from common import (
 
 from flashdit import FlashDiTTransformer2DModel
 from flashdit.models.mixer import IwinMixer, WindowAttention
-
 
 
 class SeparateSumIwin(IwinMixer):
