@@ -152,6 +152,11 @@ class WindowGrid:
         B, C = x.shape[0], x.shape[-1]
         return self.merge(x.view(B, self.Hg, self.Wg, self.Mh, self.Mw, C))
 
+    def scatter(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, Hg·Wg, Mh·Mw, C) -> (B, H, W, C)``: the windows back on the grid, the padding cropped."""
+        x = self.from_windows(x)
+        return x[:, : self.H, : self.W] if self.padded else x
+
     def key_mask(self, device: torch.device) -> torch.Tensor | None:
         """``(Hg·Wg, Mh·Mw)`` bool, True for real tokens; None when nothing is padded."""
         if not self.padded:
@@ -226,9 +231,7 @@ class WindowAttention(nn.Module):
             ``(B, H, W, C)``.
         """
         out, grid = self.windows(x, rope)
-        # scatter the windows back to the grid and crop the padding
-        out = grid.from_windows(out)
-        return out[:, : grid.H, : grid.W] if grid.padded else out
+        return grid.scatter(out)
 
     def windows(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -371,7 +374,6 @@ class IwinMixer(nn.Module):
             return self.attn(x, rope)
         windows, grid = self.attn.windows(x, rope)
         if grid.padded:
-            attn = grid.from_windows(windows)[:, : grid.H, : grid.W]
-            return attn + self.conv(x)
+            return grid.scatter(windows) + self.conv(x)
         # the window scatter and the branch sum in one pass, into the convolution's output
         return _AddWindows.apply(self.conv.conv_nchw(x), windows, grid).permute(0, 2, 3, 1)
