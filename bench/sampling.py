@@ -54,7 +54,7 @@ def main(args) -> None:
         t = time_round_robin(fns, args.repeats)
         base = t["euler, cfg all t"]
         for name, kw in VARIANTS.items():
-            evals = args.steps * (2 if kw["sampler"] == "heun" else 1)
+            evals = 2 * args.steps - 1 if kw["sampler"] == "heun" else args.steps  # Heun ends with an Euler step
             rows.append([f"{grid}x{grid}", name, str(evals), f"{args.batch / t[name]:.2f}", f"{base / t[name]:.2f}x"])
         print(f"  grid {grid}: " + ", ".join(f"{n} {args.batch / s:.2f} img/s" for n, s in t.items()), flush=True)
     print()

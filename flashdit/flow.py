@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
+from .settings import SAMPLERS
+
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t of shape (B,)) -> v
-SAMPLERS = ("euler", "heun", "sde")
 T_SAMPLING = ("uniform", "logit_normal")
 
 
@@ -146,7 +147,7 @@ def euler_step(v_fn: VelocityFn, x: torch.Tensor, t: float, t_next: float) -> to
 
 
 def heun_step(v_fn: VelocityFn, x: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
-    """Heun's second-order step (trapezoid on an Euler predictor)."""
+    """Heun's second-order step (trapezoid on an Euler predictor); :func:`step` ends a Heun run with Euler."""
     dt = t_next - t
     v = v_fn(x, _times(x, t))
     x_pred = x + dt * v
@@ -199,8 +200,11 @@ def step(
     final: bool = False,
     diffusion_norm: float = 1.0,
 ) -> torch.Tensor:
-    """One step of ``sampler`` from ``t`` to ``t_next``; the SDE's ``final`` step is noise-free (SiT)."""
-    if sampler == "heun":
+    """One step of ``sampler`` from ``t`` to ``t_next``. The ``final`` step is a plain Euler step for every
+    sampler: noise-free for the SDE (SiT), first-order for Heun (EDM; diffusers' FlowMatchHeunDiscreteScheduler).
+    A Heun corrector at t=1 would ask a trained network for the velocity at clean data, where it has seen no
+    noise to remove, and leave the predictor's residual noise in the sample."""
+    if sampler == "heun" and not final:
         return heun_step(v_fn, x, t, t_next)
     if sampler == "sde" and not final:
         return sde_step(v_fn, x, t, t_next, per_sample_noise(x, generator), diffusion_norm)

@@ -26,7 +26,7 @@ class _NotGiven:
 
 
 NOT_GIVEN: Any = _NotGiven()
-SAMPLERS = ("euler", "heun", "sde")
+SAMPLERS = ("euler", "heun", "sde")  # the integrators of flashdit.flow.step
 
 
 def _flag(name: str, help: str, **argparse_kwargs) -> dict:
@@ -42,7 +42,7 @@ class SamplingSettings:
     Attributes:
         guidance_scale: classifier-free guidance scale (1.0 = no guidance).
         num_inference_steps: integration steps over ``num_inference_steps + 1`` grid points from t=0 (noise) to
-            t=1 (data); Heun makes two model calls per step.
+            t=1 (data); Heun makes two model calls per step but the last (2·N - 1 in all).
         sampler: ``"euler"``, ``"heun"`` or ``"sde"``.
         guidance_interval: ``(low, high)``: guide only while ``low <= t <= high``.
         timestep_shift: ``s`` in ``t' = s·t / (1 + (s - 1)·t)``; 1.0 is no shift.

@@ -124,6 +124,34 @@ def test_convergence_order_on_known_ode(sampler, order):
     assert all(abs(r - 2**order) < 0.3 * 2**order for r in ratios), ratios
 
 
+def test_heun_ends_with_an_euler_step_and_never_asks_for_the_velocity_at_data():
+    """EDM / diffusers' FlowMatchHeunDiscreteScheduler: the step into t=1 is first-order, so a trained network is
+    never evaluated at clean data (where it has no noise left to remove); every other step is Heun's trapezoid."""
+    calls = []
+
+    def v(x, t):
+        calls.append(float(t[0]))
+        return torch.sin(3 * x) + t.view(-1, 1).double()
+
+    x0 = torch.tensor([[0.3, -1.2]], dtype=torch.float64)
+    grid = flow.time_grid(4, shift=0.5).double()
+    out = flow.sample(v, x0, grid, "heun")
+    ts = grid.tolist()
+    assert calls == pytest.approx([ts[0], ts[1], ts[1], ts[2], ts[2], ts[3], ts[3]])  # 2·4 - 1 calls, none at t=1
+    assert max(calls) < 1.0
+
+    def field(x, t):
+        return torch.sin(3 * x) + t
+
+    ref = x0.clone()
+    for i in range(3):  # written out: trapezoid on an Euler predictor
+        h = ts[i + 1] - ts[i]
+        pred = ref + h * field(ref, ts[i])
+        ref = ref + h / 2 * (field(ref, ts[i]) + field(pred, ts[i + 1]))
+    ref = ref + (ts[4] - ts[3]) * field(ref, ts[3])
+    torch.testing.assert_close(out, ref)
+
+
 class GaussianMixture:
     """Data ~ sum_k pi_k N(mu_k, s_k² I) in d dims; noise N(0, I); the exact flow velocity."""
 
