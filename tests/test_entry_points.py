@@ -222,3 +222,30 @@ def test_depth_study_refuses_runs_made_before_the_shipped_recipe_changed(tmp_pat
         SystemExit, match=rf"was made with other settings \(config\.train\.lr={shipped.train.lr / 2} there"
     ):
         depth_study.check_spec(out, spec)
+
+
+def test_depth_study_keeps_records_in_git_and_retrains_only_for_stages_left(tmp_path):
+    """A fresh checkout has a run's committed record but not its weights: the training stage is skipped, and the
+    run is trained again only when a stage that needs the weights has not recorded its result."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import depth_study
+
+    ignore = (ROOT / "docs" / "depth_study" / ".gitignore").read_text()
+    for kept in ("spec.json", "train.json", "scores.jsonl", "loss.json"):
+        assert f"!/*/{kept}" in ignore
+    assert depth_study.parse_args([]).out == "docs/depth_study"
+
+    args = depth_study.parse_args(["--steps", "2", "--out", str(tmp_path)])
+    row = "flashdit-d4-win4"
+    out = depth_study.run_dir(row, 0, args)
+    depth_study.check_spec(out, depth_study.run_spec(row, 0, args))
+    (out / "train.json").write_text(json.dumps({"steps": 2, "wall_seconds": 12.5}))
+    assert depth_study.train_run(row, 0, args) == {"steps": 2, "wall_seconds": 12.5}
+    assert not (out / "checkpoints").exists() and not (out / "pipeline").exists()  # the record suffices
+
+    pipeline = depth_study.trained_pipeline(row, 0, args)  # a stage needs the weights: trained again
+    assert (pipeline / "model_index.json").is_file()
+    record = json.loads((out / "train.json").read_text())
+    assert record["wall_seconds"] == 12.5 and len(record["retrained_wall_seconds"]) == 1
+    assert depth_study.trained_pipeline(row, 0, args) == pipeline  # present now: not trained a third time
+    assert len(json.loads((out / "train.json").read_text())["retrained_wall_seconds"]) == 1
