@@ -452,15 +452,15 @@ def main(args) -> None:
     rows = args.only or list(ROWS)
     if not args.report_only:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        for row in rows:  # one row at a time, so an interrupted study keeps its finished rows
-            for seed in args.seeds:
+        for row in rows:  # one run at a time, each finished before the next trains: an interrupted study loses
+            for seed in args.seeds:  # at most one run's weights (they are not kept in git)
                 print(f"== {row} seed {seed}: train", flush=True)
                 train_run(row, seed, args)
-            for g in GUIDANCE:
-                print(f"== {row}: sweep guidance {g} ({args.sweep_samples} samples)", flush=True)
-                score(row, args.seeds[0], g, args.sweep_samples, SIZES[0], args)
-            g = best_guidance(row, args)
-            for seed in args.seeds:
+                if seed == args.seeds[0]:
+                    for g in GUIDANCE:
+                        print(f"== {row}: sweep guidance {g} ({args.sweep_samples} samples)", flush=True)
+                        score(row, seed, g, args.sweep_samples, SIZES[0], args)
+                g = best_guidance(row, args)
                 print(
                     f"== {row} seed {seed}: guidance {g}, {args.num_samples} samples; 2x grid; held-out loss",
                     flush=True,
