@@ -508,6 +508,8 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
     restored = {}
     if resume and checkpoint is None:
         accelerator.print(f"no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
+        if accelerator.is_main_process:  # a run stopped before its first checkpoint: its log is written again
+            trim_metrics(output_dir / "metrics.jsonl", 0)
     if note := ema_warmup_note(t):
         accelerator.print(note)
     if checkpoint is not None:

@@ -113,6 +113,20 @@ def test_stray_folders_partial_log_lines_and_a_changed_lr_on_resume(tmp_path, id
     assert all(r["grad_norm"] > 0 for r in rows)  # measured even without clipping
 
 
+def test_resume_without_a_checkpoint_starts_over_and_writes_the_log_afresh(tmp_path, idx_dir, capsys):
+    """A run stopped before its first checkpoint left log lines; --resume starts from scratch and its log holds
+    each step once, from this attempt, not the stopped attempt's lines followed by the new ones."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stale = [{"step": 1, "loss": 99.0}, {"step": 2, "loss": 99.0}, {"step": 3, "loss": 99.0}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
+    train_cli(*cfg_args(run_dir, idx_dir, "train.max_steps=2"), "--resume")
+    assert "starting from scratch" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["loss"] != 99.0 for r in rows)
+
+
 def test_bad_step_intervals_are_refused(tmp_path, idx_dir, capsys):
     for key in ("train.log_every=0", "train.checkpoint_every=0"):
         user_error(
