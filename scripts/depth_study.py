@@ -11,7 +11,8 @@ seeded after the model is built).
 Stages, each skipped when its output exists (an interrupted study resumes; a run directory made with other
 settings is refused, never mixed):
 
-1. train: ``<out>/<row>-s<seed>/pipeline`` (EMA weights) and ``train.json`` (steps, wall seconds).
+1. train: ``<out>/<row>-s<seed>/pipeline`` (EMA weights) and ``train.json`` (steps, wall seconds, and the seconds
+   of steps from the training log, which survive a stop and ``--resume``).
 2. sweep: guidance 1-4 on ``--sweep-samples`` samples of the first seed's run (Euler ``--sample-steps``).
 3. confirm: every seed at its row's best scale on ``--num-samples`` samples: FID and KID against real test
    images, class accuracy by the judge CNN.
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import latent_train_step_flops, time_round_robin  # noqa: E402
+from flashdit.checkpoint import find_resume_checkpoint  # noqa: E402
 from flashdit.classifier import class_accuracy, fashion_mnist_classifier  # noqa: E402
 from flashdit.config import load_config, to_dict  # noqa: E402
 from flashdit.data import load_idx_split, pad_and_scale, pad_images  # noqa: E402
@@ -163,16 +165,34 @@ def train_run(row: str, seed: int, args) -> dict:
     return _train(row, seed, args)
 
 
+def seconds_of_steps(metrics: Path, batch: int) -> float:
+    """The training's own time in its steps, summed over the log windows of ``metrics.jsonl`` (each window's steps
+    over its images/s): unlike a wall clock it survives a run that was stopped and resumed from a checkpoint."""
+    seconds, last = 0.0, 0
+    for line in metrics.read_text().splitlines():
+        entry = json.loads(line)
+        if "images_per_sec" in entry:
+            seconds += (entry["step"] - last) * batch / entry["images_per_sec"]
+            last = entry["step"]
+    return seconds
+
+
 def _train(row: str, seed: int, args) -> dict:
     out = run_dir(row, seed, args)
+    cfg = row_config(row, seed, args, out)
+    resumed = find_resume_checkpoint(out, True)
     start = time.perf_counter()
-    train(row_config(row, seed, args, out), resume=True)
+    train(cfg, resume=True)
     wall = round(time.perf_counter() - start, 1)
+    steps = seconds_of_steps(out / "metrics.jsonl", cfg.train.global_batch_size)
+    sitting = {"wall_seconds": wall, "step_seconds": round(steps, 1)}
+    if resumed is not None:  # an earlier sitting was stopped: this wall clock covers only the steps after it
+        sitting["resumed_at_step"] = int(resumed.name.rsplit("_", 1)[-1])
     record = read_json(out / "train.json")
     if record is None:
-        record = {"steps": args.steps, "wall_seconds": wall}
+        record = {"steps": args.steps, **sitting}
     else:  # the weights were gone: the same recipe and seed trained again; the first sitting's time is kept
-        record["retrained_wall_seconds"] = [*record.get("retrained_wall_seconds", []), wall]
+        record["retrained"] = [*record.get("retrained", []), sitting]
     write_json(out / "train.json", record)
     return record
 

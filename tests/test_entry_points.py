@@ -246,6 +246,30 @@ def test_depth_study_keeps_records_in_git_and_retrains_only_for_stages_left(tmp_
     pipeline = depth_study.trained_pipeline(row, 0, args)  # a stage needs the weights: trained again
     assert (pipeline / "model_index.json").is_file()
     record = json.loads((out / "train.json").read_text())
-    assert record["wall_seconds"] == 12.5 and len(record["retrained_wall_seconds"]) == 1
+    assert record["wall_seconds"] == 12.5 and len(record["retrained"]) == 1
     assert depth_study.trained_pipeline(row, 0, args) == pipeline  # present now: not trained a third time
-    assert len(json.loads((out / "train.json").read_text())["retrained_wall_seconds"]) == 1
+    assert len(json.loads((out / "train.json").read_text())["retrained"]) == 1
+
+
+def test_depth_study_times_a_resumed_run_by_its_training_log_not_by_the_last_sitting(tmp_path):
+    """A run stopped mid-way and resumed records where it resumed, and the seconds of steps that its training log
+    holds for the whole run (the log windows' steps over their images/s), not only the last sitting's wall clock."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import depth_study
+
+    log = tmp_path / "metrics.jsonl"
+    entries = [{"step": 50, "images_per_sec": 16.0}, {"step": 60, "fid": 3.0}, {"step": 100, "images_per_sec": 32.0}]
+    log.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert depth_study.seconds_of_steps(log, 32) == pytest.approx(50 * 32 / 16 + 50 * 32 / 32)
+
+    args = depth_study.parse_args(["--steps", "4", "--out", str(tmp_path / "study")])
+    row = "flashdit-d4-win4"
+    out = depth_study.run_dir(row, 0, args)
+    depth_study.check_spec(out, depth_study.run_spec(row, 0, args))
+    first = depth_study.row_config(row, 0, args, out)
+    first.train.stop_after = 2
+    depth_study.train(first)  # the first sitting, stopped after step 2 (its checkpoint)
+    record = depth_study.train_run(row, 0, args)  # the second sitting resumes it
+    assert record["resumed_at_step"] == 2 and record["steps"] == 4
+    expected = depth_study.seconds_of_steps(out / "metrics.jsonl", 32)
+    assert record["step_seconds"] == pytest.approx(expected, abs=0.05) and expected > 0
