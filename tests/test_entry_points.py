@@ -58,6 +58,13 @@ def test_bench_train_times_the_package_step_for_both_mixers():
     assert rows[("quickstart", "attention")][-1] == "1.00x" and float(rows[("quickstart", "iwin")][5]) > 0
 
 
+def test_bench_widths_times_every_candidate_against_the_quickstart():
+    out = run("bench/widths.py", "--batch", "2", "--min-seconds", "0", *ONE_THREAD).stdout
+    rows = table_rows(out)[1:]
+    assert [r[1] for r in rows] == ["5.02M", "7.81M", "7.39M", "11.22M"]  # parameters of each candidate
+    assert rows[0][-1] == "1.00x" and all(float(r[2]) > 0 for r in rows)
+
+
 def test_bench_sampling_covers_the_samplers():
     out = run("bench/sampling.py", "--grids", "4", "--batch", "1", "--steps", "1", *ONE_THREAD).stdout
     samplers = [r[1] for r in table_rows(out)[1:]]
