@@ -33,13 +33,18 @@ CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}\d+")
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.pt", "scheduler.pt", "state.json")
 
 
+def checkpoint_step(path: Path) -> int:
+    """The training step a checkpoint directory named ``step_<n>`` was written at."""
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary, unfinished ones are ignored)."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name)]  # not step_1_backup
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+    return sorted(found, key=checkpoint_step)
 
 
 def rng_state() -> dict:
@@ -139,8 +144,8 @@ def find_resume_checkpoint(output_dir: Path, resume: str | bool | None) -> Path 
     if not checkpoint.is_dir():
         raise ValueError(f"--resume {checkpoint}: no such checkpoint directory")
     if CHECKPOINT_NAME.fullmatch(checkpoint.name):
-        start = int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
-        newer = [p.name for p in found if int(p.name[len(CHECKPOINT_PREFIX) :]) > start]
+        start = checkpoint_step(checkpoint)
+        newer = [p.name for p in found if checkpoint_step(p) > start]
         if newer:
             raise ValueError(
                 f"--resume {checkpoint}: {output_dir / 'checkpoints'} holds newer checkpoints {newer}, which the "

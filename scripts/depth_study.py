@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import latent_train_step_flops, time_round_robin  # noqa: E402
-from flashdit.checkpoint import find_resume_checkpoint  # noqa: E402
+from flashdit.checkpoint import checkpoint_step, find_resume_checkpoint  # noqa: E402
 from flashdit.classifier import class_accuracy, fashion_mnist_classifier  # noqa: E402
 from flashdit.config import load_config, to_dict  # noqa: E402
 from flashdit.data import load_idx_split, pad_and_scale, pad_images  # noqa: E402
@@ -187,7 +187,7 @@ def _train(row: str, seed: int, args) -> dict:
     steps = seconds_of_steps(out / "metrics.jsonl", cfg.train.global_batch_size)
     sitting = {"wall_seconds": wall, "step_seconds": round(steps, 1)}
     if resumed is not None:  # an earlier sitting was stopped: this wall clock covers only the steps after it
-        sitting["resumed_at_step"] = int(resumed.name.rsplit("_", 1)[-1])
+        sitting["resumed_at_step"] = checkpoint_step(resumed)
     record = read_json(out / "train.json")
     if record is None:
         record = {"steps": args.steps, **sitting}
