@@ -13,7 +13,8 @@ settings is refused, never mixed):
 
 1. train: ``<out>/<row>-s<seed>/pipeline`` (EMA weights) and ``train.json`` (steps, wall seconds, and the seconds
    of steps from the training log, which survive a stop and ``--resume``).
-2. sweep: guidance 1-4 on ``--sweep-samples`` samples of the first seed's run (Euler ``--sample-steps``).
+2. sweep: guidance 1-4 on ``--sweep-samples`` samples of seed 0's run (Euler ``--sample-steps``), whichever
+   seeds a sitting runs: a sitting of other seeds only needs seed 0's sweep recorded.
 3. confirm: every seed at its row's best scale on ``--num-samples`` samples: FID and KID against real test
    images, class accuracy by the judge CNN.
 4. large: FID at 2x the training grid (64 px) on ``--num-samples-large`` samples, against real test images padded
@@ -86,6 +87,7 @@ GUIDANCE = (1.0, 1.5, 2.0, 3.0, 4.0)
 SIZES = (32, 48, 64)  # pixels: the training grid (16x16 tokens), 1.5x and 2x
 LOSS_TIMES = {"near noise": (0.05, 0.15), "middle": (0.4, 0.5, 0.6), "near data": (0.85, 0.95)}
 INFO = dict(channels=1, size=32, num_classes=10)
+SWEEP_SEED = 0  # the run whose guidance sweep picks every seed's scale
 
 
 def write_json(path: Path, data) -> None:
@@ -269,8 +271,8 @@ def score(row: str, seed: int, guidance: float, n: int, size: int, args) -> dict
 
 
 def best_guidance(row: str, args) -> float | None:
-    """The scale with the lowest FID in the first seed's sweep (None until the sweep has run)."""
-    rows = read_scores(run_dir(row, args.seeds[0], args))
+    """The scale with the lowest FID in seed 0's sweep (None until the sweep has run)."""
+    rows = read_scores(run_dir(row, SWEEP_SEED, args))
     sweep = [r for r in rows if r["num_samples"] == args.sweep_samples and r["size"] == SIZES[0]]
     if {r["guidance"] for r in sweep} < set(GUIDANCE):
         return None
@@ -473,10 +475,10 @@ def main(args) -> None:
     if not args.report_only:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         for row in rows:  # one run at a time, each finished before the next trains: an interrupted study loses
-            for seed in args.seeds:  # at most one run's weights (they are not kept in git)
+            for seed in sorted(set(args.seeds)):  # at most one run's weights (they are not kept in git)
                 print(f"== {row} seed {seed}: train", flush=True)
                 train_run(row, seed, args)
-                if seed == args.seeds[0]:
+                if seed == SWEEP_SEED:
                     for g in GUIDANCE:
                         print(f"== {row}: sweep guidance {g} ({args.sweep_samples} samples)", flush=True)
                         score(row, seed, g, args.sweep_samples, SIZES[0], args)
@@ -522,6 +524,15 @@ def parse_args(argv=None):
     for flag in ("steps", "sweep_samples", "num_samples", "num_samples_large", "num_reference", "sample_steps"):
         if getattr(args, flag) <= 0:
             p.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if min(args.seeds) < 0:
+        p.error(f"--seeds must be non-negative, got {min(args.seeds)}")
+    if not args.report_only and SWEEP_SEED not in args.seeds:
+        unswept = [row for row in args.only or ROWS if best_guidance(row, args) is None]
+        if unswept:
+            p.error(
+                f"--seeds {' '.join(map(str, args.seeds))}: {', '.join(unswept)} has no guidance sweep yet, and the "
+                f"sweep runs on seed {SWEEP_SEED}'s run; add seed {SWEEP_SEED}"
+            )
     return args
 
 

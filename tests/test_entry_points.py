@@ -194,6 +194,26 @@ def test_depth_study_refuses_a_run_made_with_other_settings(tmp_path):
     assert not (made / "checkpoints").exists()  # refused before any training
 
 
+def test_depth_study_takes_every_seeds_guidance_from_seed_0s_sweep(tmp_path):
+    # a sitting of seed 1 alone must not sweep seed 1 again: it needs seed 0's sweep, and refuses before any work
+    proc = run("scripts/depth_study.py", "--out", str(tmp_path), "--only", "conv-d8", "--seeds", "1", ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "conv-d8 has no guidance sweep yet" in proc.stderr and "add seed 0" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import depth_study
+
+    sweep = tmp_path / "conv-d8-s0"
+    sweep.mkdir()
+    fids = {1.0: 70.0, 1.5: 62.0, 2.0: 64.0, 3.0: 66.0, 4.0: 75.0}
+    with open(sweep / "scores.jsonl", "w") as f:
+        for g, fid in fids.items():
+            f.write(json.dumps({"guidance": g, "num_samples": 300, "size": 32, "fid": fid}) + "\n")
+    args = depth_study.parse_args(["--out", str(tmp_path), "--only", "conv-d8", "--seeds", "1"])  # now accepted
+    assert depth_study.best_guidance("conv-d8", args) == 1.5
+
+
 def test_depth_study_rows_stay_on_the_papers_16x16_grid_whatever_the_quickstart_patch():
     sys.path.insert(0, str(ROOT / "scripts"))
     import depth_study
