@@ -14,10 +14,6 @@ ADM-style ``samples.npz`` (``arr_0`` uint8 NHWC), optionally PNGs; metrics and e
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # huge-page CPU allocator, set before torch loads (see train.py)
-
 import argparse
 import json
 import time

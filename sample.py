@@ -10,10 +10,6 @@ images whatever ``--batch-size``. Settings left out take the pipeline's stored d
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # huge-page CPU allocator, set before torch loads (see train.py)
-
 import argparse
 import time
 

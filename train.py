@@ -12,13 +12,6 @@ EMA weights as a FlashDiTPipeline directory under ``train.output_dir``.
 
 from __future__ import annotations
 
-import os
-
-# PyTorch's huge-page CPU allocator (2 MiB pages for buffers of 2 MiB and more): fewer page faults on the large
-# activation buffers every step allocates (docs/benchmarks.md). Read at the first allocation, so it is set before
-# anything imports torch; THP_MEM_ALLOC_ENABLE=0 turns it off. It does not affect GPU memory.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 import argparse
 from pathlib import Path
 

@@ -21,6 +21,16 @@ import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from flashdit.allocator import configure_cpu_allocator
+
+
+def setup(threads: int) -> str:
+    """Every benchmark's first step: the thread count, and the CPU allocator the command-line tools run with
+    (``flashdit.allocator``; ``FLASHDIT_CPU_ALLOCATOR=system`` or ``THP_MEM_ALLOC_ENABLE=1`` to compare others).
+    Returns the two for the table header."""
+    torch.set_num_threads(threads)
+    return f"threads={torch.get_num_threads()} allocator={configure_cpu_allocator()}"
+
 
 def time_round_robin(
     fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1, min_seconds: float = 0.0

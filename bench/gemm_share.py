@@ -3,9 +3,11 @@
     python bench/gemm_share.py                     # FlashDiT-B/2 and its attention twin, 16x16 and 32x32 tokens
     python bench/gemm_share.py --size FlashDiT-S/2 --grids 16 --batch 8
 
-Peak: the median FLOP/s of a square fp32 matmul (and of the model's own largest GEMM shape, the MLP).
-Achieved: the forward's FLOPs (counted by ``torch.utils.flop_counter``: matmuls and attention) divided by
-its median time. Everything is timed round robin in one process, so the ratios are measured side by side.
+Peak: the best median FLOP/s of fp32 matmuls, a square one and the model's own largest GEMM shape (the MLP), each
+through PyTorch's BLAS (``torch.mm``) and through oneDNN (``flashdit.models.linear.linear_as_conv``). Achieved: the
+forward's FLOPs (counted by ``torch.utils.flop_counter``: matmuls, attention, convolutions) divided by its median
+time, with the token-wise linear layers on either backend (``set_cpu_linear_backend``). Everything is timed round
+robin in one process, so the ratios are measured side by side.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, time_round_robin
+from common import markdown_table, setup, time_round_robin
 
 from flashdit import FlashDiTTransformer2DModel
+from flashdit.models.linear import CPU_LINEAR_BACKENDS, linear_as_conv
 
 ATTENTION = dict(mixer="attention", kernel_size=None, pos_embed="sincos")
 
 
-def forward_case(size: str, grid: int, batch: int, device, **overrides):
+def forward_case(size: str, grid: int, batch: int, device, backend: str, **overrides):
     torch.manual_seed(0)
     model = FlashDiTTransformer2DModel.from_size(size, in_channels=4, sample_size=2 * grid, **overrides)
     model = model.to(device).eval()
+    model.set_cpu_linear_backend(backend)
     x = torch.randn(batch, 4, 2 * grid, 2 * grid, device=device)
     t, y = torch.rand(batch, device=device), torch.randint(0, 1000, (batch,), device=device)
 
@@ -41,30 +45,38 @@ def forward_case(size: str, grid: int, batch: int, device, **overrides):
     return forward, counter.get_total_flops(), model.config.hidden_size
 
 
-def matmul_case(m: int, k: int, n: int, device):
-    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
-    return (lambda: torch.mm(a, b)), 2 * m * k * n
+def matmul_case(m: int, k: int, n: int, device, backend: str):
+    a, w = torch.randn(m, k, device=device), torch.randn(n, k, device=device)
+    if backend == "onednn":
+        return (lambda: linear_as_conv(a, w, None)), 2 * m * k * n
+    wt = w.t().contiguous()
+    return (lambda: torch.mm(a, wt)), 2 * m * k * n
 
 
 def main(args) -> None:
-    torch.set_num_threads(args.threads)
+    machine = setup(args.threads)
     device = torch.device(args.device)
     cases, flops, hidden = {}, {}, None
     for grid in args.grids:
         for mixer, overrides in (("iwin", {}), ("attention", ATTENTION)):
-            name = f"{args.size} {grid}x{grid} {mixer}"
-            cases[name], flops[name], hidden = forward_case(args.size, grid, args.batch, device, **overrides)
+            for backend in CPU_LINEAR_BACKENDS:
+                name = f"{args.size} {grid}x{grid} {mixer}, linear {backend}"
+                cases[name], flops[name], hidden = forward_case(
+                    args.size, grid, args.batch, device, backend, **overrides
+                )
     tokens = args.batch * args.grids[0] ** 2
     mlp_hidden = int(2 / 3 * int(hidden * 4.0))
-    for name, (m, k, n) in {
-        f"matmul {args.square}^3": (args.square, args.square, args.square),
-        f"matmul MLP {tokens}x{hidden}x{2 * mlp_hidden}": (tokens, hidden, 2 * mlp_hidden),
+    for shape, (m, k, n) in {
+        f"{args.square}^3": (args.square, args.square, args.square),
+        f"MLP {tokens}x{hidden}x{2 * mlp_hidden}": (tokens, hidden, 2 * mlp_hidden),
     }.items():
-        cases[name], flops[name] = matmul_case(m, k, n, device)
+        for backend in CPU_LINEAR_BACKENDS:
+            name = f"matmul {shape} {backend}"
+            cases[name], flops[name] = matmul_case(m, k, n, device, backend)
     seconds = time_round_robin(cases, args.repeats, min_seconds=args.min_seconds)
     rate = {name: flops[name] / seconds[name] / 1e9 for name in cases}
     peak = max(v for k, v in rate.items() if k.startswith("matmul"))
-    print(f"# device={device} threads={torch.get_num_threads()} torch={torch.__version__} fp32 batch={args.batch}")
+    print(f"# device={device} {machine} torch={torch.__version__} fp32 batch={args.batch}")
     print(f"# median of >= {args.repeats} round-robin calls (>= {args.min_seconds} s each)\n")
     rows = [
         [

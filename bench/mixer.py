@@ -29,10 +29,12 @@ from common import (
     latent_train_step_flops,
     markdown_table,
     peak_tensor_mib,
+    setup,
     time_round_robin,
 )
 
 from flashdit import FlashDiTTransformer2DModel
+from flashdit.models.linear import CPU_LINEAR_BACKENDS
 from flashdit.models.mixer import IwinMixer, WindowAttention
 
 
@@ -79,16 +81,17 @@ def b2_model(name: str, grid: int, args) -> FlashDiTTransformer2DModel:
     )
 
 
-def model_case(name: str, grid: int, args) -> Case:
+def model_case(name: str, grid: int, args, linear_backend: str) -> Case:
     torch.manual_seed(0)
     model = b2_model(name, grid, args).to(args.device)
+    model.set_cpu_linear_backend(linear_backend)
     step, opt, x = latent_train_step(model, args.model_batch, grid, args.device, fused=True)
     return Case(step, (model, opt, x))
 
 
 def main(args) -> None:
-    torch.set_num_threads(args.threads)
-    print(f"# device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} fp32")
+    machine = setup(args.threads)
+    print(f"# device={args.device} {machine} torch={torch.__version__} fp32")
     print(f"# mixer: dim {args.dim}, {args.heads} heads, batch {args.batch}, window {args.window}, kernel 3")
     print(
         f"# forward+backward, median of >= {args.repeats} round-robin calls (>= {args.min_seconds} s each); "
@@ -125,26 +128,29 @@ def main(args) -> None:
         return
     rows = []
     for grid in args.model_grids:
-        cases = {n: model_case(n, grid, args) for n in MODELS}
+        keys = [(n, b) for b in args.linear_backends for n in MODELS]
+        cases = {(n, b): model_case(n, grid, args, b) for n, b in keys}
         t = time_round_robin(
-            {n: c.step for n, c in cases.items()}, args.model_repeats, min_seconds=args.model_min_seconds
+            {k: c.step for k, c in cases.items()}, args.model_repeats, min_seconds=args.model_min_seconds
         )
-        mem = {n: peak_tensor_mib(c.step, *c.tracked) for n, c in cases.items()}
+        mem = {k: peak_tensor_mib(c.step, *c.tracked) for k, c in cases.items()}
         flops = {
             n: latent_train_step_flops(lambda n=n, grid=grid: b2_model(n, grid, args), args.model_batch, grid)
             for n in MODELS
         }
-        speed, flop_ratio = t["attention"] / t["iwin"], flops["attention"] / flops["iwin"]
-        rows.append(
-            [f"{grid}x{grid} ({2 * grid}x{2 * grid} latent)"]
-            + [f"{t[n]:.2f}" for n in MODELS]
-            + [f"{mem[n]:.0f}" for n in MODELS]
-            + [f"{speed:.2f}x", f"{flop_ratio:.2f}x", f"{speed / flop_ratio:.0%}"]
-        )
-        print(f"  model grid {grid}: " + ", ".join(f"{n} {t[n]:.2f} s" for n in t), flush=True)
+        flop_ratio = flops["attention"] / flops["iwin"]
+        for b in args.linear_backends:
+            speed = t["attention", b] / t["iwin", b]
+            rows.append(
+                [f"{grid}x{grid} ({2 * grid}x{2 * grid} latent)", b]
+                + [f"{t[n, b]:.2f}" for n in MODELS]
+                + [f"{mem[n, b]:.0f}" for n in MODELS]
+                + [f"{speed:.2f}x", f"{flop_ratio:.2f}x", f"{speed / flop_ratio:.0%}"]
+            )
+        print(f"  model grid {grid}: " + ", ".join(f"{n} ({b}) {t[n, b]:.2f} s" for n, b in t), flush=True)
     print(f"\n## FlashDiT-B/2 train step (batch {args.model_batch}, fused AdamW, 4 latent channels)\n")
-    header = ["token grid", "iwin s", "attention s", "iwin MiB", "attention MiB", "attention / iwin", "FLOP ratio"]
-    header.append("of FLOP ratio")
+    header = ["token grid", "linear", "iwin s", "attention s", "iwin MiB", "attention MiB", "attention / iwin"]
+    header += ["FLOP ratio", "of FLOP ratio"]
     print(markdown_table(header, rows))
 
 
@@ -157,6 +163,13 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--window", type=int, default=4)
     p.add_argument("--model-batch", type=int, default=2)
+    p.add_argument(
+        "--linear-backends",
+        nargs="+",
+        choices=CPU_LINEAR_BACKENDS,
+        default=list(CPU_LINEAR_BACKENDS),
+        help="model rows: the token-wise linear layers on oneDNN, PyTorch's BLAS, or both side by side",
+    )
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--model-repeats", type=int, default=3)
     p.add_argument(

@@ -15,7 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import latent_train_step, markdown_table, time_round_robin
+from common import latent_train_step, markdown_table, setup, time_round_robin
 
 from flashdit import FlashDiTTransformer2DModel
 
@@ -32,12 +32,12 @@ def step_case(mixer: str, implementation: str, args):
 
 
 def main(args) -> None:
-    torch.set_num_threads(args.threads)
+    machine = setup(args.threads)
     cases = {(m, i): step_case(m, i, args) for m in MIXERS for i in IMPLEMENTATIONS}
     seconds = time_round_robin(cases, args.repeats, min_seconds=args.min_seconds)
     print(
         f"# {args.size}, {args.grid}x{args.grid} tokens, batch {args.batch}, device={args.device} "
-        f"threads={torch.get_num_threads()} torch={torch.__version__} fp32"
+        f"{machine} torch={torch.__version__} fp32"
     )
     print(f"# median of >= {args.repeats} round-robin steps (>= {args.min_seconds} s each)\n")
     rows = [

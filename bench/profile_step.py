@@ -18,7 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import latent_train_step, markdown_table
+from common import latent_train_step, markdown_table, setup
 
 from flashdit import FlashDiTTransformer2DModel
 
@@ -26,7 +26,7 @@ MODELS = {"iwin": {}, "attention": dict(mixer="attention", kernel_size=None, pos
 
 
 def main(args) -> None:
-    torch.set_num_threads(args.threads)
+    machine = setup(args.threads)
     steps = {}
     for name, overrides in MODELS.items():
         torch.manual_seed(0)
@@ -48,7 +48,7 @@ def main(args) -> None:
     ops = sorted(set(ms["iwin"]) | set(ms["attention"]), key=lambda op: -max(ms[n].get(op, 0.0) for n in MODELS))
     print(
         f"# {args.size}, {args.grid}x{args.grid} tokens, batch {args.batch}, fused AdamW, device={args.device} "
-        f"threads={torch.get_num_threads()} torch={torch.__version__} fp32; "
+        f"{machine} torch={torch.__version__} fp32; "
         f"median of {args.rounds} alternating rounds\n"
     )
     rows = [[op, f"{ms['iwin'].get(op, 0.0):.1f}", f"{ms['attention'].get(op, 0.0):.1f}"] for op in ops[: args.top]]

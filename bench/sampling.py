@@ -17,7 +17,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, time_round_robin
+from common import markdown_table, setup, time_round_robin
 
 from flashdit import FlashDiTTransformer2DModel
 from flashdit.pipeline import FlashDiTPipeline
@@ -38,9 +38,9 @@ def make_call(pipe, labels, args, kwargs):
 
 
 def main(args) -> None:
-    torch.set_num_threads(args.threads)
+    machine = setup(args.threads)
     device = torch.device(args.device)
-    print(f"# device={device} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(f"# device={device} {machine} torch={torch.__version__}")
     print(f"# {args.size}, batch {args.batch}, {args.steps} steps, cfg {args.cfg}, median of {args.repeats}\n")
     rows = []
     for grid in args.grids:

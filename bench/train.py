@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, time_round_robin
+from common import markdown_table, setup, time_round_robin
 
 from flashdit.config import load_config
 from flashdit.training import make_train_step
@@ -37,7 +37,7 @@ def make_step(cfg, info: dict, batch: int, device: torch.device):
 
 
 def main(args) -> None:
-    torch.set_num_threads(args.threads)
+    machine = setup(args.threads)
     device = torch.device(args.device)
     quick = load_config(ROOT / "configs" / "fashion_mnist.yaml")
     s2 = load_config(None, ["model.size=FlashDiT-S/2"])
@@ -58,7 +58,7 @@ def main(args) -> None:
             args.s2_batch,
         ),
     }
-    print(f"# device={device} threads={torch.get_num_threads()} torch={torch.__version__} fp32")
+    print(f"# device={device} {machine} torch={torch.__version__} fp32")
     print(f"# median of >= {args.repeats} round-robin steps per model (>= {args.min_seconds} s each)\n")
     rows = []
     for model_name in dict.fromkeys(k[0] for k in cases):

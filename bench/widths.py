@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, time_round_robin
+from common import markdown_table, setup, time_round_robin
 
 from flashdit.config import load_config
 from flashdit.training import make_train_step
@@ -33,7 +33,7 @@ MODELS = {
 
 
 def main(args) -> None:
-    torch.set_num_threads(args.threads)
+    machine = setup(args.threads)
     info = dict(channels=1, size=32, num_classes=10)
     steps, params = {}, {}
     for name, overrides in MODELS.items():
@@ -41,7 +41,7 @@ def main(args) -> None:
         cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", [*overrides, batch])
         steps[name] = make_train_step(cfg, info, torch.device("cpu"))
         params[name] = steps[name].state.model.num_parameters()
-    print(f"# threads={torch.get_num_threads()} torch={torch.__version__} fp32, batch {args.batch}")
+    print(f"# {machine} torch={torch.__version__} fp32, batch {args.batch}")
     print(f"# median of >= {args.repeats} round-robin steps per model (>= {args.min_seconds} s each)\n")
     t = time_round_robin(steps, args.repeats, warmup=2, min_seconds=args.min_seconds)
     base = t[next(iter(MODELS))]

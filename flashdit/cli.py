@@ -1,5 +1,6 @@
 """Command-line entry points: a user error is one line on stderr and exit status 2; anything else keeps its
-traceback. ``FLASHDIT_TRACEBACK=1`` shows the traceback of user errors too."""
+traceback. ``FLASHDIT_TRACEBACK=1`` shows the traceback of user errors too. The CPU allocator is set up first
+(``flashdit.allocator``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .allocator import configure_cpu_allocator
 from .config import ConfigError
 from .training import TrainingDiverged
 
@@ -16,8 +18,10 @@ USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, I
 
 
 def run(main: Callable[..., Any], *args: Any) -> Any:
-    """Call ``main(*args)``; on a user error print ``prog: error: message`` (one line) and exit with 2."""
+    """Set up the CPU allocator, then call ``main(*args)``; on a user error print ``prog: error: message`` (one line)
+    and exit with 2."""
     try:
+        configure_cpu_allocator()
         return main(*args)
     except USER_ERRORS + (TrainingDiverged,) as err:
         if os.environ.get("FLASHDIT_TRACEBACK"):

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import create_block_mask
 
 from .embeddings import apply_rope
+from .linear import TokenLinear
 from .norms import RMSNorm
 
 
@@ -215,10 +216,10 @@ class WindowAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.window_size = window_size
         self.interleaved = interleaved
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qkv = TokenLinear(dim, 3 * dim, bias=qkv_bias)
         self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
+        self.proj = TokenLinear(dim, dim)
         # None: SDPA; else a diffusers AttentionBackendName (FlashDiTTransformer2DModel.set_attention_backend)
         self.attention_backend = None
 

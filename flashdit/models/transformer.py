@@ -17,6 +17,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .embeddings import LabelEmbedder, TimestepEmbedder, rope_tables_2d, sincos_pos_embed_2d
+from .linear import CPU_LINEAR_BACKENDS, TokenLinear
 from .mixer import IwinMixer, WindowAttention
 from .norms import RMSNorm
 
@@ -48,8 +49,8 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.w12 = nn.Linear(dim, 2 * hidden)
-        self.w3 = nn.Linear(hidden, dim)
+        self.w12 = TokenLinear(dim, 2 * hidden)
+        self.w3 = TokenLinear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.w12(x).chunk(2, dim=-1)
@@ -111,7 +112,7 @@ class FinalLayer(nn.Module):
     def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
         super().__init__()
         self.norm_final = RMSNorm(hidden_size)
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.linear = TokenLinear(hidden_size, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -323,6 +324,17 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         for module in self.modules():
             if isinstance(module, WindowAttention):
                 module.attention_backend = None
+
+    def set_cpu_linear_backend(self, backend: str) -> None:
+        """How the token-wise linear layers (qkv, projection, MLP, output) run float32 on the CPU: ``"onednn"``
+        (default) as 1×1 convolutions on oneDNN's kernels, ``"blas"`` as ``F.linear`` on PyTorch's BLAS. Same
+        weights and float32 arithmetic either way; GPUs, bf16 autocast and ``torch.compile`` always use
+        ``F.linear`` (see ``flashdit.models.linear``)."""
+        if backend not in CPU_LINEAR_BACKENDS:
+            raise ValueError(f"cpu linear backend {backend!r} is not one of {list(CPU_LINEAR_BACKENDS)}")
+        for module in self.modules():
+            if isinstance(module, TokenLinear):
+                module.cpu_backend = backend
 
     def forward(
         self,
