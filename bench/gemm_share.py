@@ -45,12 +45,17 @@ def forward_case(size: str, grid: int, batch: int, device, backend: str, **overr
     return forward, counter.get_total_flops(), model.config.hidden_size
 
 
-def matmul_case(m: int, k: int, n: int, device, backend: str):
+def matmul_case(m: int, k: int, n: int, device, backend: str, calls: int = 8):
+    """One timed call runs the product ``calls`` times: a single one takes a few ms, and the round robin would
+    otherwise rerun every model forward until the matmuls alone had filled ``--min-seconds``."""
     a, w = torch.randn(m, k, device=device), torch.randn(n, k, device=device)
-    if backend == "onednn":
-        return (lambda: linear_as_conv(a, w, None)), 2 * m * k * n
     wt = w.t().contiguous()
-    return (lambda: torch.mm(a, wt)), 2 * m * k * n
+
+    def run():
+        for _ in range(calls):
+            linear_as_conv(a, w, None) if backend == "onednn" else torch.mm(a, wt)
+
+    return run, calls * 2 * m * k * n
 
 
 def main(args) -> None:

@@ -8,8 +8,10 @@ Prints markdown tables (medians; ratios from the same run) for docs/benchmarks.m
 ratio an implementation bound by arithmetic alone would reach (FLOPs counted on the meta device); ``of FLOP
 ratio`` is the measured ratio's share of it. ``iwin-sep`` is the mixer with its branch sum done as before the fused
 scatter+sum (the windows scattered into a fresh grid, then the convolution added): the before/after pair. The
-CLIs run with PyTorch's huge-page CPU allocator (``THP_MEM_ALLOC_ENABLE=1``, see train.py); run this once with and
-once without it to compare.
+model rows time each model with its token-wise linear layers on oneDNN and on PyTorch's BLAS (``--linear-backends``).
+The process runs with the CLIs' CPU allocator (``flashdit.allocator``); ``FLASHDIT_CPU_ALLOCATOR=system`` or
+``THP_MEM_ALLOC_ENABLE=1`` measures another. At 64² every B/2 model in the round robin holds its parameters and
+optimizer state (2 GiB) and the heap keeps the largest step's activations: pass one linear backend per process there.
 """
 
 from __future__ import annotations
