@@ -36,8 +36,8 @@ def configure_cpu_allocator() -> str:
 
     ``FLASHDIT_CPU_ALLOCATOR=reuse`` (default): glibc's ``malloc`` serves every block from its heap and never gives
     freed memory back (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, -1)``): no page faults on the buffers
-    a step reallocates, for a resident size that stays at the run's peak (about 15 % above it with the system's
-    allocator, from fragmentation). ``system`` leaves the C library's defaults. PyTorch's huge-page allocator
+    a step reallocates, for a resident size that stays at the run's peak, plus what fragmentation of the heap
+    adds. ``system`` leaves the C library's defaults. PyTorch's huge-page allocator
     (``THP_MEM_ALLOC_ENABLE=1``, set by the user) is honoured as is: it aligns each block to 2 MiB, which the heap
     serves very slowly, so the two are not combined. Other C libraries than glibc are left alone. GPU memory is
     not affected.

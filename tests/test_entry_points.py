@@ -121,6 +121,13 @@ def test_bench_gemm_share_reports_each_forward_against_the_matmul_peak():
     assert float(rows["FlashDiT-S/2 4x4 iwin, linear onednn"][1]) > 0  # FLOPs were counted
 
 
+def test_bench_linear_times_both_backends_and_names_the_route_taken():
+    rows = table_rows(run("bench/linear.py", "--small", "--min-seconds", "0", *ONE_THREAD).stdout)[1:]
+    routes = {r[0]: r[-1] for r in rows}
+    assert len(rows) == 16 and routes["64x768->2304"] == "blas" and routes["512x768->2304"] == "onednn"
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+
+
 def test_round_robin_timer_alternates_the_order_of_the_variants():
     sys.path.insert(0, str(ROOT / "bench"))
     from common import time_round_robin
