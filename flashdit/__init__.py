@@ -1,7 +1,7 @@
 """FlashDiT: class-conditional diffusion transformers with the Iwin mixer."""
 
 from .models import FLASHDIT_SIZES, FlashDiTTransformer2DModel, IwinMixer, interleave, restore
-from .pipeline import FlashDiTPipeline, SamplingDefaults
+from .pipeline import FlashDiTPipeline
 from .settings import NOT_GIVEN, SamplingSettings
 
 __version__ = "0.1.0"
@@ -11,7 +11,6 @@ __all__ = [
     "FlashDiTTransformer2DModel",
     "IwinMixer",
     "NOT_GIVEN",
-    "SamplingDefaults",
     "SamplingSettings",
     "interleave",
     "restore",

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .errors import UserError
 from .sharding import full_state_dict, is_sharded, load_full_state_dict, load_optimizer_state, optimizer_state
-from .utils import atomic_path
+from .utils import atomic_path, write_errors
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -77,16 +77,22 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
+    with write_errors(tmp / f"rng_rank{accelerator.process_index}.pt"):
+        torch.save(rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
     model = accelerator.unwrap_model(model)
     if accelerator.is_main_process or is_sharded(model):  # gathering shards takes every process
         weights, ema_weights, optim = full_state_dict(model), full_state_dict(ema), optimizer_state(model, optimizer)
     if accelerator.is_main_process:
-        save_file(weights, tmp / "model.safetensors")
-        save_file(ema_weights, tmp / "ema.safetensors")
-        torch.save(optim, tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "num_processes": accelerator.num_processes}))
+        with write_errors(tmp / "model.safetensors"):
+            save_file(weights, tmp / "model.safetensors")
+        with write_errors(tmp / "ema.safetensors"):
+            save_file(ema_weights, tmp / "ema.safetensors")
+        with write_errors(tmp / "optimizer.pt"):
+            torch.save(optim, tmp / "optimizer.pt")
+        with write_errors(tmp / "scheduler.pt"):
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        with write_errors(tmp / "state.json"):
+            (tmp / "state.json").write_text(json.dumps({**state, "num_processes": accelerator.num_processes}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -104,10 +110,44 @@ def check_checkpoint(path: Path) -> None:
         raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {missing}")
 
 
+def _corrupted(path: Path, err: BaseException) -> UserError:
+    reason = " ".join(str(err).split())[:300] or type(err).__name__
+    return UserError(
+        f"checkpoint {path} could not be read ({type(err).__name__}: {reason}); it may be corrupted or made for "
+        "another model config: resume from another checkpoint (--resume PATH)"
+    )
+
+
+def read_state(path: Path) -> dict:
+    """A checkpoint's ``state.json`` (step, global batch size, processes), checked to be complete."""
+    check_checkpoint(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise ValueError("no step in state.json")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise _corrupted(path, err) from None
+    return state
+
+
+def check_resumable(path: Path, global_batch_size: int) -> dict:
+    """Before anything is built: ``path`` is a complete checkpoint of the same global batch (the data order
+    continues only with it). Returns its ``state.json``."""
+    state = read_state(path)
+    if state.get("global_batch_size", global_batch_size) != global_batch_size:
+        raise UserError(
+            f"--resume {path} was trained with train.global_batch_size={state['global_batch_size']}, this run uses "
+            f"{global_batch_size}; the data order would not continue. Set train.global_batch_size="
+            f"{state['global_batch_size']} to resume it"
+        )
+    return state
+
+
 def load_checkpoint(accelerator: Accelerator, path: Path, model, ema, optimizer, scheduler) -> dict:
     """Load states in place; returns ``state.json`` plus this process's RNG states under ``"rng"``
     (restored by the caller once nothing else will draw from the generators before the next step)."""
-    check_checkpoint(path)
+    state = read_state(path)
+    rng = path / f"rng_rank{accelerator.process_index}.pt"
     try:
         model = accelerator.unwrap_model(model)
         load_full_state_dict(model, load_file(path / "model.safetensors"))
@@ -115,13 +155,11 @@ def load_checkpoint(accelerator: Accelerator, path: Path, model, ema, optimizer,
         optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         load_optimizer_state(model, optimizer, optim)
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        state = json.loads((path / "state.json").read_text())
-    except (RuntimeError, OSError, ValueError, SafetensorError) as err:
-        raise RuntimeError(f"checkpoint {path} could not be read ({err}); it may be corrupted") from err
-    rng = path / f"rng_rank{accelerator.process_index}.pt"
-    if state.get("num_processes") == accelerator.num_processes and rng.is_file():
-        state["rng"] = torch.load(rng, weights_only=True)
-    else:
+        if state.get("num_processes") == accelerator.num_processes and rng.is_file():
+            state["rng"] = torch.load(rng, weights_only=True)
+    except Exception as err:  # truncated files (EOFError), other layouts (KeyError), size mismatches (RuntimeError)
+        raise _corrupted(path, err) from None
+    if "rng" not in state:
         accelerator.print(f"note: {path} was written by {state.get('num_processes')} processes; RNG streams restart")
     return state
 

@@ -1,32 +1,92 @@
-"""Command-line entry points: a user error is one line on stderr and exit status 2; anything else keeps its
-traceback. ``FLASHDIT_TRACEBACK=1`` shows the traceback of user errors too. The CPU allocator is set up first
-(``flashdit.allocator``)."""
+"""Command-line entry points: a user error is one line on stderr, on a line of its own, and exit status 2; anything
+else keeps its traceback. ``FLASHDIT_TRACEBACK=1`` shows the traceback of user errors too. The CPU allocator is set
+up first (``flashdit.allocator``).
+
+Imported only by the scripts and the ``python -m flashdit.*`` entry points.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from .allocator import configure_cpu_allocator
-from .config import ConfigError
-from .training import TrainingDiverged
+import torch
+from tqdm import tqdm
 
-# What bad arguments, files and configs raise: the message names the argument, the value and what is allowed.
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+from .allocator import configure_cpu_allocator
+from .errors import TrainingDiverged
+
+# What bad arguments, files and configs raise (the message names the argument, the value and what is allowed), and
+# what a full disk, a read-only directory or a missing file raise (OSError names the file).
+USER_ERRORS = (ValueError, OSError)
+OUT_OF_MEMORY = "can't allocate memory"  # PyTorch's CPU allocator raises a plain RuntimeError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line, ``prog: error: message``, exit status 2 (argparse's
+    own prints the usage first); ``--help`` shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]`` (counts have an upper bound, so that a typo fails at once
+    rather than as a MemoryError after the model has loaded)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high:,}]")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _memory_message(err: BaseException) -> str:
+    detail = " ".join(str(err).split())
+    detail = detail[detail.find("you tried") :] if "you tried" in detail else detail[:200]
+    return f"out of memory ({detail or type(err).__name__}); lower the batch size or the number of images"
+
+
+def _close_progress_bars() -> None:
+    """End any live progress bar's line, so that the error starts a line of its own."""
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+    sys.stdout.flush()
 
 
 def run(main: Callable[..., Any], *args: Any) -> Any:
-    """Set up the CPU allocator, then call ``main(*args)``; on a user error print ``prog: error: message`` (one line)
-    and exit with 2."""
+    """Set up the CPU allocator, then call ``main(*args)``; on a user error print ``prog: error: message`` (one
+    line) and exit with 2 (a diverged training run: 1)."""
     try:
         configure_cpu_allocator()
         return main(*args)
-    except USER_ERRORS + (TrainingDiverged,) as err:
+    except (*USER_ERRORS, TrainingDiverged, MemoryError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not isinstance(err, TrainingDiverged):
+            if not (isinstance(err, torch.OutOfMemoryError) or OUT_OF_MEMORY in str(err)):
+                raise  # an internal error: keep its traceback
         if os.environ.get("FLASHDIT_TRACEBACK"):
             raise
+        _close_progress_bars()
+        if getattr(err, "every_rank", False) and int(os.environ.get("RANK", "0")) != 0:
+            raise SystemExit(2) from None  # the first process of the launch says it
         prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "flashdit"
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        if isinstance(err, (MemoryError, RuntimeError)) and not isinstance(err, TrainingDiverged):
+            message = _memory_message(err)
+        else:
+            message = one_line(err)
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(1 if isinstance(err, TrainingDiverged) else 2) from None

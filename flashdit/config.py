@@ -1,53 +1,72 @@
 """Typed experiment configuration: YAML recipes into dataclasses, with dotted command-line overrides.
 
-Unknown keys and values of the wrong type are errors that name the key, the value and what is allowed.
+Every field declares its type and range beside it; unknown keys, values of the wrong type and values out of range
+are errors that name the key, the value and what is allowed (:mod:`flashdit.typed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-import yaml
+from annotated_types import MinLen
+from pydantic import AfterValidator
 
-from .models.transformer import CONV_INITS, MIXERS, MODULATIONS, POS_EMBEDS
+from .errors import ConfigError
+from .models.transformer import CONV_INITS, FLASHDIT_SIZES, MIXERS, MODULATIONS, POS_EMBEDS
 from .settings import SamplingSettings
+from .typed import STRICT_KEYS, Bool, Count, Float, Ge, Gt, Int, Interval, Str, load_yaml, validate
+
+__all__ = ["ConfigError", "ExperimentConfig", "from_dict", "load_config", "read_config_values", "to_dict"]
+
+
+SIZES = tuple(FLASHDIT_SIZES)
+OptCount = Annotated[Int, Ge(1)] | None  # a positive number, or None for the default
+Fraction = Annotated[Float, Interval(ge=0, lt=1)]
+
+
+def _odd(k: int) -> int:
+    if k % 2 == 0:
+        raise ValueError("must be odd (a centred kernel)")
+    return k
 
 
 @dataclass
 class ModelConfig:
     """The transformer. ``size`` picks a registry entry; any field set here overrides it."""
 
-    size: str | None = "FlashDiT-S/2"
-    in_channels: int | None = None  # default: from the data
-    sample_size: int | None = None  # default: from the data
-    num_classes: int | None = None  # default: from the data
-    patch_size: int | None = None
-    hidden_size: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mlp_ratio: float = 4.0
-    class_dropout_prob: float = 0.1
+    __pydantic_config__ = STRICT_KEYS
+
+    size: Literal[SIZES] | None = "FlashDiT-S/2"
+    in_channels: OptCount = None  # default: from the data
+    sample_size: OptCount = None  # default: from the data
+    num_classes: OptCount = None  # default: from the data
+    patch_size: OptCount = None
+    hidden_size: OptCount = None
+    depth: OptCount = None
+    num_heads: OptCount = None
+    mlp_ratio: Annotated[Float, Gt(0)] = 4.0
+    class_dropout_prob: Fraction = 0.1
     mixer: Literal[MIXERS] = "iwin"
-    window_size: int = 4
-    kernel_size: int | None = 3
+    window_size: Annotated[Int, Ge(1)] = 4
+    kernel_size: Annotated[Int, Ge(1), AfterValidator(_odd)] | None = 3
     pos_embed: Literal[POS_EMBEDS] = "none"
-    qk_norm: bool = False
-    qkv_bias: bool = True
+    qk_norm: Bool = False
+    qkv_bias: Bool = True
     modulation: Literal[MODULATIONS] = "adaln-zero"
     conv_init: Literal[CONV_INITS] = "pytorch"
 
 
 @dataclass
 class FlowConfig:
+    __pydantic_config__ = STRICT_KEYS
+
     t_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
-    t_mean: float = 0.0
-    t_std: float = 1.0
-    cosine_weight: float = 1.0  # LightningDiT's; must be 0 for 1-channel data (the cosine over channels is inert)
+    t_mean: Float = 0.0
+    t_std: Annotated[Float, Gt(0)] = 1.0
+    cosine_weight: Annotated[Float, Ge(0)] = 1.0  # LightningDiT's; must be 0 for 1-channel data (inert there)
 
 
 @dataclass
@@ -55,51 +74,72 @@ class DataConfig:
     """``kind``: ``latents`` (a directory written by ``python -m flashdit.extract``) or
     ``fashion_mnist`` (pixel space, IDX files, 28×28 padded to ``pad_to``)."""
 
+    __pydantic_config__ = STRICT_KEYS
+
     kind: Literal["latents", "fashion_mnist"] = "fashion_mnist"
-    path: str | None = None  # default for fashion_mnist: Debian's /usr/share/datasets/fashion-mnist
-    pad_to: int = 32
-    random_flip: bool = True
-    num_workers: int = 0
-    limit: int | None = None  # use only the first N examples (smoke tests)
+    path: Str | None = None  # default for fashion_mnist: Debian's /usr/share/datasets/fashion-mnist
+    pad_to: Annotated[Int, Interval(ge=28, le=1024)] = 32
+    random_flip: Bool = True
+    num_workers: Annotated[Int, Interval(ge=0, le=256)] = 0
+    limit: OptCount = None  # use only the first N examples (smoke tests)
+
+
+def _no_conv(targets: list[str]) -> list[str]:
+    if "conv" in targets:
+        raise ValueError(
+            "cannot include 'conv': PEFT adapts a depthwise convolution only with a rank divisible by its channels "
+            "and cannot merge it (and its 9 weights per channel leave nothing to factorise); use [attention, mlp]"
+        )
+    return targets
 
 
 @dataclass
 class LoraConfig:
     """Low-rank adapters (PEFT) on the transformer; everything else stays frozen."""
 
-    rank: int = 16
-    alpha: float | None = None  # default: rank (scale 1)
-    targets: list[Literal["attention", "mlp", "conv"]] = field(default_factory=lambda: ["attention", "mlp"])
-    dropout: float = 0.0
+    __pydantic_config__ = STRICT_KEYS
+
+    rank: Annotated[Int, Interval(ge=1, le=4096)] = 16
+    alpha: Annotated[Float, Gt(0)] | None = None  # default: rank (scale 1)
+    targets: Annotated[list[Literal["attention", "mlp", "conv"]], MinLen(1), AfterValidator(_no_conv)] = field(
+        default_factory=lambda: ["attention", "mlp"]
+    )
+    dropout: Fraction = 0.0
+
+
+MAX_BATCH = 1 << 20
+MAX_SEED = 2**32 - 1 - 10_000  # numpy's seeds are 32-bit; the step stream adds an offset
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/fashion_mnist"
-    seed: int = 0
-    global_batch_size: int = 64
-    grad_accum_steps: int = 1
-    max_steps: int = 1000
-    stop_after: int | None = None  # checkpoint and stop at this step (a planned interruption); resume later
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
+    __pydantic_config__ = STRICT_KEYS
+
+    output_dir: Str = "runs/fashion_mnist"
+    seed: Annotated[Int, Interval(ge=0, le=MAX_SEED)] = 0
+    global_batch_size: Annotated[Int, Interval(ge=1, le=MAX_BATCH)] = 64
+    grad_accum_steps: Annotated[Int, Interval(ge=1, le=MAX_BATCH)] = 1
+    max_steps: Annotated[Int, Interval(ge=1, le=10**9)] = 1000
+    stop_after: OptCount = None  # checkpoint and stop at this step (a planned interruption); resume later
+    lr: Annotated[Float, Interval(gt=0, le=1)] = 2e-4
+    betas: tuple[Fraction, Fraction] = (0.9, 0.95)
+    weight_decay: Annotated[Float, Ge(0)] = 0.0
+    warmup_steps: Annotated[Int, Ge(0)] = 0
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # diffusers get_scheduler, warm-up from 0
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: Annotated[Float, Gt(0)] | None = 1.0  # None: no clipping (the norm is still measured)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    ema_decay: float = 0.9999
-    ema_warmup: bool = False  # decay_t = min(decay, (1 + t) / (10 + t))
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    cpu: bool = False  # force CPU processes (gloo), e.g. two CPU workers under accelerate launch
-    log_every: int = 10
-    sample_every: int = 500
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    ema_decay: Fraction = 0.9999
+    ema_warmup: Bool = False  # decay_t = min(decay, (1 + t) / (10 + t))
+    gradient_checkpointing: Bool = False
+    compile: Bool = False
+    cpu: Bool = False  # force CPU processes (gloo), e.g. two CPU workers under accelerate launch
+    log_every: Count = 10
+    sample_every: Annotated[Int, Ge(0)] = 500  # 0: no sample grids
+    checkpoint_every: Count = 500
+    keep_checkpoints: Annotated[Int, Ge(0)] = 2  # 0 keeps all
+    trackers: list[Str] = field(default_factory=lambda: ["tensorboard"])
     # fine-tuning: start from a pipeline's transformer (directory or hub id; its architecture replaces model.*)
-    init_from: str | None = None
+    init_from: Str | None = None
     lora: LoraConfig | None = None  # train adapters only (needs peft); with init_from, a LoRA fine-tune
 
 
@@ -108,12 +148,14 @@ class SampleConfig(SamplingSettings):
     """The sampling settings (stored with the exported pipeline and used for the periodic grids), plus the
     grid's layout."""
 
-    per_class: int = 8
-    classes: list[int] | None = None  # rows of the sample grid; default: the first 10 classes
+    per_class: Annotated[Int, Interval(ge=1, le=1000)] = 8
+    classes: list[Annotated[Int, Ge(0)]] | None = None  # rows of the sample grid; default: the first 10 classes
 
 
 @dataclass
 class ExperimentConfig:
+    __pydantic_config__ = STRICT_KEYS
+
     model: ModelConfig = field(default_factory=ModelConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -121,78 +163,12 @@ class ExperimentConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (tuples from lists, floats from ints)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} is not {' or '.join(_type_name(a) for a in args)}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: {value!r} is not a list")
-        if origin is tuple and len(args) != len(value):
-            raise ConfigError(f"{key}: {value!r} must have {len(args)} items")
-        items = args if origin is tuple else [args[0]] * len(value)
-        out = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, items))]
-        return tuple(out) if origin is tuple else out
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{key}: {value!r} is not a float") from None
-    if tp is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key}: {value!r} is not a bool (true/false)")
-    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{key}: {value!r} is not an int")
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key)
-    if not isinstance(value, tp):
-        raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
-    return value
+SECTIONS = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
 
 
 def from_dict(cls, values: dict | None, prefix: str = ""):
-    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
-    values = values or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown config key(s) {[where + k for k in unknown]}; allowed under {prefix or 'the top level'}: {names}"
-        )
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except ValueError as err:  # a dataclass's own check (__post_init__)
-        raise ConfigError(f"{prefix or 'config'}: {err}") from None
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys, wrong types and values out of range."""
+    return validate(cls, values or {}, "config")
 
 
 def to_dict(config) -> dict:
@@ -219,9 +195,11 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         node = values
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if node is None:  # an empty section in the recipe
+                node = values[part] = {}
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = load_yaml(raw, f"override {item!r}")
     return values
 
 
@@ -229,9 +207,12 @@ BASE_KEY = "base"  # a recipe's top-level ``base: other.yaml`` (relative to the 
 
 
 def merge_values(base: dict, over: dict) -> dict:
-    """``over`` laid onto ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    """``over`` laid onto ``base``: mappings merge key by key, an empty section (``sample:`` with nothing under it)
+    keeps the base's, and anything else (lists too) replaces."""
     out = dict(base)
     for key, value in over.items():
+        if value is None and isinstance(out.get(key), dict):
+            continue
         both_maps = isinstance(value, dict) and isinstance(out.get(key), dict)
         out[key] = merge_values(out[key], value) if both_maps else value
     return out
@@ -245,10 +226,21 @@ def read_config_values(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in _chain:
         loop = " -> ".join(str(p) for p in (*_chain, path.resolve()))
         raise ConfigError(f"config {path}: its {BASE_KEY} chain loops ({loop})")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict) or BASE_KEY not in values:
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not a text (YAML) file") from None
+    values = load_yaml(text, f"config {path}")
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config {path}: the top level must be a mapping of sections ({', '.join(SECTIONS)}), "
+            f"got a {type(values).__name__}"
+        )
+    if BASE_KEY not in values:
         return values
-    base = values.pop(BASE_KEY)  # a fresh mapping from safe_load: nobody else holds it
+    base = values.pop(BASE_KEY)  # a fresh mapping from the parser: nobody else holds it
     if not isinstance(base, str) or not base:
         raise ConfigError(f"config {path}: {BASE_KEY}: {base!r} must be the path of another YAML recipe")
     base_path = path.parent / base
@@ -259,6 +251,7 @@ def read_config_values(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML recipe (or the defaults when ``path`` is None), its ``base:`` chain first, and apply
-    overrides."""
-    values = read_config_values(path) if path is not None else {}
-    return from_dict(ExperimentConfig, apply_overrides(values, overrides or []))
+    overrides. An empty section takes its defaults (or, under a ``base:``, the base's)."""
+    values = apply_overrides(read_config_values(path) if path is not None else {}, overrides or [])
+    values = {k: v for k, v in values.items() if not (v is None and k in SECTIONS)}
+    return from_dict(ExperimentConfig, values)

@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
-from .cli import run
 from .models.embeddings import rope_tables_2d, sincos_pos_embed_2d
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
+from .outputs import check_output_dir, save_dir_atomically
 from .pipeline import PIPELINE_ENTRIES, FlashDiTPipeline, export_pipeline, imagenet_id2label
-from .utils import check_output_dir, save_dir_atomically
 
 # The authors' sampling settings (Iwin repo / LightningDiT reproduction configs): Euler over 250 grid points, i.e.
 # 249 steps (the official samplers count grid points, ``linspace(0, 1, 250)``), timestep shift 0.3, guidance on the
@@ -347,4 +346,6 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
+    from .cli import run
+
     run(main)

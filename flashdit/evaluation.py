@@ -28,7 +28,6 @@ from torch_fidelity.utils import create_feature_extractor
 from tqdm.auto import tqdm
 
 from . import flow
-from .cli import run
 from .data import IMAGE_EXTS, load_idx_split, pad_images
 from .sampling import generate
 from .settings import SamplingSettings
@@ -553,4 +552,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from .cli import run
+
     run(main)

@@ -29,7 +29,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .cli import run
 from .data import FASHION_MNIST_CLASSES, IDX_FILES, IMAGE_EXTS, find_idx, load_idx_split, pad_images
 from .utils import atomic_path
 
@@ -266,4 +265,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    from .cli import run
+
     run(main, parse_args())

@@ -17,9 +17,11 @@ from diffusers.utils import constants as diffusers_constants
 from filelock import FileLock
 
 from . import flow
+from .errors import UserError
 from .models.transformer import FlashDiTTransformer2DModel
+from .outputs import save_dir_atomically
 from .settings import NOT_GIVEN, SamplingSettings
-from .utils import DTYPES, default_device, save_dir_atomically
+from .utils import DTYPES, default_device
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_SIDE = 16384  # pixels per side: larger requests fail fast instead of trying to allocate the noise
@@ -33,9 +35,6 @@ def check_side(name: str, value) -> None:
         raise ValueError(f"{name}={value} must be a positive integer number of pixels")
     if value > MAX_SIDE:
         raise ValueError(f"{name}={value} is larger than the largest supported side, {MAX_SIDE} pixels")
-
-
-SamplingDefaults = SamplingSettings  # the earlier name
 
 
 def imagenet_id2label() -> dict[int, str]:
@@ -169,7 +168,9 @@ class FlashDiTPipeline(DiffusionPipeline):
             if Path(path).is_dir() and _carries_own_remote_code(Path(path)):
                 kwargs["trust_remote_code"] = True
         with _modules_cache_lock():
-            return super().from_pretrained(path, **kwargs)
+            pipe = super().from_pretrained(path, **kwargs)
+        check_weights_finite(pipe, str(pretrained_model_name_or_path))
+        return pipe
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None, **kwargs):
         """Add a LoRA adapter to the transformer: a directory (or hub id, or state dict) written by
@@ -430,6 +431,12 @@ class FlashDiTPipeline(DiffusionPipeline):
                 velocity, latents, times, settings.sampler, generator, on_step=on_step, stop=lambda: self.interrupt
             )
 
+        if not torch.isfinite(latents).all():
+            raise UserError(
+                "sampling produced NaN or inf values: the model's velocity overflowed (check the weights, or lower "
+                "guidance_scale); no images are returned"
+            )
+
         # 4. decode
         if output_type == "latent":
             images = latents
@@ -442,17 +449,41 @@ class FlashDiTPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
 
-def load_pipeline(path: str, device: str | torch.device | None = None, dtype: str = "fp32"):
-    """Load a ``FlashDiTPipeline`` from a directory (or a hub id when online) onto a device."""
+def check_weights_finite(pipe: FlashDiTPipeline, source: str) -> None:
+    """Refuse a pipeline whose transformer or VAE holds NaN or inf: it would sample black images."""
+    for component in ("transformer", "vae"):
+        module = getattr(pipe, component, None)
+        if module is None:
+            continue
+        for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise UserError(
+                    f"{source}: {component} weight {name} holds NaN or inf values; this pipeline cannot sample "
+                    "(export it again from a good checkpoint)"
+                )
+
+
+def load_pipeline(path: str, device: str | torch.device | None = None, dtype: str = "fp32", flag: str = "--model"):
+    """Load a ``FlashDiTPipeline`` from a directory (or a hub id when online) onto a device. Anything that keeps it
+    from loading (no such directory, a hub id offline, truncated weights, NaN weights) is one :class:`UserError`
+    naming ``flag``."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     local = Path(path)
     if local.exists():
         if not (local / "model_index.json").is_file():
-            raise FileNotFoundError(f"{path} is not a pipeline directory: it has no model_index.json")
+            raise FileNotFoundError(f"{flag} {path} is not a pipeline directory: it has no model_index.json")
     elif not _HUB_ID.match(path):
-        raise FileNotFoundError(f"no pipeline directory at {path}")
-    pipe = FlashDiTPipeline.from_pretrained(path).to(device or default_device())
+        raise FileNotFoundError(f"{flag} {path}: no pipeline directory there (and it is not a hub id)")
+    try:
+        pipe = FlashDiTPipeline.from_pretrained(path)
+    except UserError:
+        raise
+    except Exception as err:  # OSError from the hub, SafetensorError, a corrupt config (JSONDecodeError), ...
+        where = "the local directory" if local.exists() else "the Hub (offline, or no such repository?)"
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise UserError(f"{flag} {path} could not be loaded from {where}: {type(err).__name__}: {reason}") from None
+    pipe = pipe.to(device or default_device())
     return pipe if dtype == "fp32" else pipe.to(DTYPES[dtype])
 
 
@@ -461,6 +492,7 @@ PIPELINE_ENTRIES = {"model_index.json", "transformer", "scheduler", "vae", f"{RE
 
 def export_pipeline(pipe: FlashDiTPipeline, out_dir: str | Path) -> Path:
     """``save_pretrained`` into a temporary directory, then swap it in place of ``out_dir``; a previous
-    pipeline there is replaced, anything else refused."""
+    pipeline there is replaced, anything else refused, and non-finite weights are never written."""
+    check_weights_finite(pipe, "the pipeline to export")
     marker = "model_index.json"
     return save_dir_atomically(pipe.save_pretrained, out_dir, PIPELINE_ENTRIES, marker, "FlashDiT pipeline")

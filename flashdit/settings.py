@@ -1,15 +1,16 @@
 """The sampling settings: one declaration for the pipeline's call, its stored defaults, the training
 config's ``sample:`` section, the ``sample.py``/``eval_fid.py`` flags and what ``metrics.json`` records.
 
-Ground floor: imports nothing from the package.
+Ground floor: imports only the typed-dataclass helpers (:mod:`flashdit.typed`).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from .typed import STRICT_KEYS, Float, Ge, Gt, Int, Interval, validate
 
 
 class _NotGiven:
@@ -33,11 +34,15 @@ def _flag(name: str, help: str, **argparse_kwargs) -> dict:
     return {"flag": name, "help": help, **argparse_kwargs}
 
 
+MAX_STEPS = 100_000  # integration steps: more is no better, and the time grid must fit in memory
+Fraction = Annotated[Float, Interval(ge=0, le=1)]
+
+
 @dataclass
 class SamplingSettings:
     """How ``FlashDiTPipeline.__call__`` integrates. A pipeline stores its own (``pipe.config.sampling``; the
     converters record the authors' settings, training the recipe's), arguments given to a call override them,
-    and whatever is in neither takes the defaults below.
+    and whatever is in neither takes the defaults below. Each field declares its type and range.
 
     Attributes:
         guidance_scale: classifier-free guidance scale (1.0 = no guidance).
@@ -49,44 +54,34 @@ class SamplingSettings:
         cfg_channels: guide only the first N channels (DiT's quirk); None guides all.
     """
 
-    guidance_scale: float = field(default=1.0, metadata=_flag("--cfg", "guidance scale", type=float, metavar="SCALE"))
-    num_inference_steps: int = field(default=50, metadata=_flag("--steps", "integration steps", type=int, metavar="N"))
+    __pydantic_config__ = STRICT_KEYS
+
+    guidance_scale: Annotated[Float, Ge(0)] = field(
+        default=1.0, metadata=_flag("--cfg", "guidance scale", type=float, metavar="SCALE")
+    )
+    num_inference_steps: Annotated[Int, Interval(ge=1, le=MAX_STEPS)] = field(
+        default=50, metadata=_flag("--steps", "integration steps", type=int, metavar="N")
+    )
     sampler: Literal[SAMPLERS] = field(default="euler", metadata=_flag("--sampler", "integrator", choices=SAMPLERS))
-    guidance_interval: tuple[float, float] = field(
+    guidance_interval: tuple[Fraction, Fraction] = field(
         default=(0.0, 1.0),
         metadata=_flag(
             "--guidance-interval", "guide only for LOW <= t <= HIGH", type=float, nargs=2, metavar=("LOW", "HIGH")
         ),
     )
-    timestep_shift: float = field(
+    timestep_shift: Annotated[Float, Gt(0)] = field(
         default=1.0, metadata=_flag("--shift", "timestep shift s (LightningDiT: 0.3)", type=float, metavar="S")
     )
-    cfg_channels: int | None = field(
+    cfg_channels: Annotated[Int, Ge(1)] | None = field(
         default=None,
         metadata=_flag("--cfg-channels", "guide only the first N channels; 0: all", type=int, metavar="N"),
     )
 
     def __post_init__(self):
         self.guidance_interval = tuple(self.guidance_interval)
-        _finite("guidance_scale", self.guidance_scale)
-        _finite("timestep_shift", self.timestep_shift)
-        if self.timestep_shift <= 0:
-            raise ValueError(f"timestep_shift={self.timestep_shift} must be positive")
-        n = self.num_inference_steps
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"num_inference_steps={n!r} must be an integer at least 1")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
-        if len(self.guidance_interval) != 2:
-            raise ValueError(f"guidance_interval={self.guidance_interval!r} must be (low, high)")
-        for value in self.guidance_interval:
-            _finite("guidance_interval", value)
         low, high = self.guidance_interval
-        if not 0.0 <= low <= high <= 1.0:
-            raise ValueError(f"guidance_interval={self.guidance_interval} must satisfy 0 <= low <= high <= 1")
-        c = self.cfg_channels
-        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c <= 0):
-            raise ValueError(f"cfg_channels={c!r} must be a positive integer, or None for all channels")
+        if low > high:
+            raise ValueError(f"guidance_interval={list(self.guidance_interval)} must have low <= high")
 
     @classmethod
     def names(cls) -> list[str]:
@@ -94,12 +89,8 @@ class SamplingSettings:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> SamplingSettings:
-        """From a stored mapping (``model_index.json``); unknown keys are an error."""
-        values = dict(values or {})
-        unknown = set(values) - set(cls.names())
-        if unknown:
-            raise ValueError(f"unknown sampling settings {sorted(unknown)}; allowed: {cls.names()}")
-        return cls(**values)
+        """From a stored mapping (``model_index.json``) or call arguments, every value checked."""
+        return validate(cls, dict(values or {}), "sampling setting")
 
     def updated(self, **given) -> SamplingSettings:
         """A copy with the given values; ``NOT_GIVEN`` values keep this one's."""
@@ -110,11 +101,6 @@ class SamplingSettings:
         out = {name: getattr(self, name) for name in self.names()}
         out["guidance_interval"] = list(out["guidance_interval"])
         return out
-
-
-def _finite(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}={value!r} must be a finite number")
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from . import flow
 from .checkpoint import (
     check_checkpoint,
+    check_resumable,
     find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -42,20 +43,18 @@ from .checkpoint import (
 )
 from .config import ExperimentConfig, ModelConfig, TrainConfig, to_dict
 from .data import LatentShardDataset, ResumableBatchSampler, fashion_mnist
+from .errors import LaunchError, TrainingDiverged, UserError
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
+from .outputs import locked_output, save_dir_atomically
 from .pipeline import FlashDiTPipeline, export_pipeline
 from .sharding import full_state_dict, is_sharded, shard_like
-from .utils import atomic_path, image_grid, save_dir_atomically, save_image
+from .utils import atomic_path, image_grid, save_image
 
 # train.lr_schedule -> diffusers.optimization.get_scheduler's name (linear warm-up from 0 over warmup_steps)
 LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 
 
 STEP_STREAM = 7919  # offset of the steps' random stream from the seed that initialises the model
-
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,18 +145,8 @@ LORA_TARGETS = {"attention": r"mixer\.attn\.(qkv|proj)", "mlp": r"mlp\.(w12|w3)"
 
 def add_lora(model: FlashDiTTransformer2DModel, lora) -> None:
     """Freeze ``model`` and add a PEFT LoRA adapter (``default``) on ``lora.targets`` in every block."""
-    try:
-        from peft import LoraConfig as PeftLoraConfig
-    except ImportError:
-        raise ValueError("train.lora needs the peft package: pip install 'flashdit[lora]'") from None
-    if lora.rank < 1 or not lora.targets:
-        raise ValueError(f"train.lora needs rank >= 1 and at least one target, got {lora}")
-    if "conv" in lora.targets:
-        raise ValueError(
-            "train.lora.targets: 'conv' is not supported: PEFT adapts a depthwise convolution only with a rank "
-            "divisible by its channels and cannot merge it (and its 9 weights per channel leave nothing to "
-            "factorise); use [attention, mlp]"
-        )
+    from peft import LoraConfig as PeftLoraConfig  # checked to be installed with the recipe (check_run_settings)
+
     pattern = r".*blocks\.\d+\.(" + "|".join(LORA_TARGETS[t] for t in dict.fromkeys(lora.targets)) + ")"
     model.requires_grad_(False)
     config = PeftLoraConfig(
@@ -210,18 +199,44 @@ def ema_warmup_note(t: TrainConfig) -> str | None:
     )
 
 
+def diverged(what: str, step: int, output_dir, before_update: bool = True) -> TrainingDiverged:
+    """The error that stops a run: the step, and the newest checkpoint (every one written has finite weights)."""
+    last = list_checkpoints(output_dir) if output_dir is not None else []
+    when = "stopped before the update" if before_update else "no checkpoint was written for it"
+    return TrainingDiverged(
+        f"the {what} at step {step}; {when}. The last good checkpoint is "
+        f"{last[-1] if last else 'none (no checkpoint was written yet)'}. Resume from it with a lower "
+        "train.lr (a changed lr applies on resume), train.max_grad_norm, or model.qk_norm=true."
+    )
+
+
 def check_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm: torch.Tensor, step: int, output_dir) -> None:
     """Stop before an update with a non-finite loss or gradient, so no checkpoint ever holds its result."""
     values = accelerator.reduce(torch.stack([loss.detach().float(), torch.as_tensor(grad_norm).float()]), "sum")
     if not torch.isfinite(values).all():
-        last = list_checkpoints(output_dir)
         loss_value, norm = values.tolist()
         what = f"loss became {loss_value}" if not math.isfinite(loss_value) else f"gradient norm became {norm}"
-        raise TrainingDiverged(
-            f"the {what} at step {step}; stopped before the update. The last good checkpoint is "
-            f"{last[-1] if last else 'none (no checkpoint was written yet)'}. Resume from it with a lower "
-            "train.lr (a changed lr applies on resume), train.max_grad_norm, or model.qk_norm=true."
-        )
+        raise diverged(what, step, output_dir)
+
+
+def first_non_finite(modules: dict[str, torch.nn.Module]) -> str | None:
+    """The name of the first parameter or buffer holding NaN or inf (this process's shard under FSDP), or None."""
+    for prefix, module in modules.items():
+        for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+            local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+            if local.is_floating_point() and not torch.isfinite(local).all():
+                return f"{prefix}.{name}"
+    return None
+
+
+def check_weights_finite(accelerator: Accelerator, state: TrainState, output_dir: Path) -> None:
+    """Before a checkpoint: every parameter and EMA tensor must be finite, on every process, or nothing is written
+    and training stops naming the tensor."""
+    model = accelerator.unwrap_model(state.model)
+    bad = first_non_finite({"model": model, "ema": state.ema})
+    flags = accelerator.reduce(torch.tensor([float(bad is not None)], device=accelerator.device), "sum")
+    if flags.item() > 0:
+        raise diverged(f"weights became non-finite ({bad or 'on another process'})", state.step, output_dir, False)
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig):
@@ -325,15 +340,31 @@ def make_train_step(cfg: ExperimentConfig, info: dict, device: torch.device, see
 
 
 def check_run_settings(cfg: ExperimentConfig) -> None:
+    """What the recipe's declared ranges cannot say alone, checked before any set-up."""
     t = cfg.train
-    for name in ("log_every", "checkpoint_every"):
-        value = getattr(t, name)
-        if value < 1:
-            raise ValueError(f"train.{name}={value} must be a positive number of steps")
-    if t.sample_every < 0:
-        raise ValueError(f"train.sample_every={t.sample_every} must be >= 0 (0: no sample grids)")
-    if t.max_steps < 1:
-        raise ValueError(f"train.max_steps={t.max_steps} must be positive")
+    if t.global_batch_size % t.grad_accum_steps:
+        raise UserError(
+            f"train.global_batch_size={t.global_batch_size} must be divisible by train.grad_accum_steps="
+            f"{t.grad_accum_steps}"
+        )
+    if t.lora is not None:
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise UserError("train.lora needs the peft package: pip install 'flashdit[lora]'") from None
+
+
+def check_data_settings(cfg: ExperimentConfig, info: dict) -> None:
+    """What depends on the data, checked before the model is built."""
+    n = info["num_classes"]
+    bad = [c for c in cfg.sample.classes or [] if c >= n]
+    if bad:
+        raise UserError(f"sample.classes {bad} are not class ids of the data, which has {n} classes: [0, {n})")
+    if cfg.flow.cosine_weight and info["channels"] == 1:
+        raise UserError(
+            f"flow.cosine_weight={cfg.flow.cosine_weight} on 1-channel data: the cosine over channels of one channel "
+            "is only the sign of v, whose gradient is zero; set flow.cosine_weight=0"
+        )
 
 
 def apply_optimizer_settings(accelerator: Accelerator, optimizer, scheduler, t: TrainConfig, step: int) -> None:
@@ -389,13 +420,30 @@ def sample_grid(pipe: FlashDiTPipeline, cfg: ExperimentConfig, num_classes: int)
 # the loop
 
 
+def launch_rank() -> int:
+    """This process's rank in its launch (``accelerate launch`` / torchrun set ``RANK``), known before Accelerate
+    starts."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
     """Train; returns the exported pipeline directory (or, after ``train.stop_after``, the checkpoint).
-    ``resume=True`` picks the newest complete checkpoint."""
+    ``resume=True`` picks the newest complete checkpoint.
+
+    Before any data or model is built: the settings are checked, the output directory is taken for this run (a
+    second run into it is refused while this one lasts) and the checkpoint to resume is checked."""
+    output_dir = Path(cfg.train.output_dir)
+    check_run_settings(cfg)
+    with locked_output(output_dir, "train.output_dir", take=launch_rank() == 0):
+        checkpoint = find_resume_checkpoint(output_dir, resume)
+        if checkpoint is not None:
+            check_resumable(checkpoint, cfg.train.global_batch_size)
+        return _train(cfg, checkpoint, resume)
+
+
+def _train(cfg: ExperimentConfig, checkpoint: Path | None, resume) -> Path:
     t = cfg.train
     output_dir = Path(t.output_dir)
-    check_run_settings(cfg)  # before any set-up: a bad value fails at once
-    checkpoint = find_resume_checkpoint(output_dir, resume)
     accelerator = Accelerator(
         cpu=t.cpu,
         mixed_precision=t.mixed_precision,
@@ -432,6 +480,7 @@ def train(cfg: ExperimentConfig, resume: str | bool | None = None) -> Path:
                 "global_batch_size": t.global_batch_size,
                 "micro_batches": step * t.grad_accum_steps,
             }
+            check_weights_finite(accelerator, state, output_dir)
             save_checkpoint(
                 accelerator,
                 output_dir,
@@ -475,7 +524,7 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
     world = accelerator.num_processes
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != world:  # e.g. an FSDP or DeepSpeed config on a machine without GPUs: Accelerate falls back
-        raise ValueError(
+        raise LaunchError(
             f"launched {launched} processes but Accelerate runs {world} (distributed type "
             f"{accelerator.distributed_type.value}): each would train alone into {output_dir}. FSDP and DeepSpeed "
             "configs need GPUs; on CPUs launch with --multi_gpu and set train.cpu=true (gloo)"
@@ -489,6 +538,7 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
     set_seed(t.seed, device_specific=True)
     dataset = build_dataset(cfg)
     info = dataset.info
+    check_data_settings(cfg, info)
     sharded = accelerator.distributed_type == DistributedType.FSDP
     state = TrainState.create(cfg, info, fused=not sharded)
     # The steps' randomness (noise, t, label dropout, the loader's worker seeds) restarts from a stream of its own
@@ -514,11 +564,6 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
         accelerator.print(note)
     if checkpoint is not None:
         restored = load_checkpoint(accelerator, checkpoint, state.model, state.ema, state.optimizer, state.scheduler)
-        if restored["global_batch_size"] != t.global_batch_size:
-            raise ValueError(
-                f"{checkpoint} was trained with global batch {restored['global_batch_size']}, this run uses "
-                f"{t.global_batch_size}; the data order would not continue"
-            )
         state.step = restored["step"]
         apply_optimizer_settings(accelerator, state.optimizer, state.scheduler, t, state.step)
         if accelerator.is_main_process:

@@ -1,16 +1,20 @@
-"""Ground-floor helpers (no package imports): atomic files and directories, image grids, device and dtype choice."""
+"""Ground-floor helpers (imports only :mod:`flashdit.errors`): atomic files and directories, image grids, device and
+dtype choice."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
+
+from .errors import UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # downloaded or built assets (Inception weights, the Fashion-MNIST judge); FLASHDIT_CACHE moves it
@@ -19,6 +23,30 @@ CACHE_DIR = Path(os.environ.get("FLASHDIT_CACHE", Path.home() / ".cache" / "flas
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+_WRITE_FAILURES = ("unexpected pos", "failed writing", "file write failed", "I/O error", "os error")
+
+
+@contextlib.contextmanager
+def write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Name ``path`` in any write failure inside the block: a full disk or a file-size limit is an ``OSError`` with
+    the file, however the writer reported it (``torch.save`` and safetensors raise their own errors)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+        raise
+    except Exception as err:
+        text = " ".join(str(err).split())
+        if not any(key in text for key in _WRITE_FAILURES):
+            raise
+        try:
+            free = f"; {shutil.disk_usage(Path(path).parent).free / 2**20:.0f} MiB free on its disk"
+        except OSError:
+            free = ""
+        raise OSError(errno.EIO, f"could not write ({text}{free})", str(path)) from None
 
 
 @contextlib.contextmanager
@@ -31,16 +59,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); an output gets the usual permissions
     try:
-        yield Path(tmp)
+        with write_errors(path):
+            yield Path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def save_image(image: Image.Image, path: str | os.PathLike) -> None:
+def save_image(image: Image.Image, path: str | os.PathLike, pnginfo=None) -> None:
+    """Write ``image`` atomically; ``pnginfo``: text chunks for a PNG (the writer's stamp)."""
+    kwargs = {"pnginfo": pnginfo} if pnginfo is not None and Path(path).suffix.lower() == ".png" else {}
     with atomic_path(path) as tmp:
-        image.save(tmp, format=Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG")
+        image.save(tmp, format=Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG", **kwargs)
 
 
 def image_grid(images: Sequence[Image.Image], nrow: int, pad: int = 2, fill: int = 255) -> Image.Image:
@@ -68,7 +99,7 @@ def check_writable(path: str | os.PathLike, what: str) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):
             pass
     except OSError as err:
-        raise ValueError(f"{what} {path} is not writable ({err.strerror or err})") from None
+        raise UserError(f"{what} {path} is not writable ({err.strerror or err})") from None
 
 
 def model_fingerprint(path: str) -> str:
@@ -79,41 +110,3 @@ def model_fingerprint(path: str) -> str:
         return str(path)
     files = sorted(p for p in local.rglob("*") if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
     return ";".join(f"{p.relative_to(local)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-
-
-def check_output_dir(out_dir: str | os.PathLike, allowed: set[str], marker: str, what: str) -> None:
-    """``out_dir`` may be missing, empty, or a previous output (it holds ``marker`` and only names in
-    ``allowed``); anything else (a user's files) is refused."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir} is a file, not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in allowed)
-        if foreign or not (out_dir / marker).is_file():
-            held = ", ".join(foreign[:5]) or f"no {marker}"
-            raise ValueError(
-                f"--out {out_dir} already holds files that are not a {what} ({held}); choose another directory, "
-                "or empty it yourself"
-            )
-
-
-def save_dir_atomically(
-    save: Callable[[Path], None], out_dir: str | os.PathLike, allowed: set[str], marker: str, what: str
-) -> Path:
-    """Write a directory with ``save(tmp)`` beside ``out_dir``, then swap it in. ``out_dir`` may be missing,
-    empty, or a previous output (it holds ``marker`` and only names in ``allowed``), which is replaced; a
-    directory holding anything else (a user's files) is refused, and nothing is deleted."""
-    out_dir = Path(out_dir)
-    check_output_dir(out_dir, allowed, marker, what)
-    tmp = out_dir.with_name(f".tmp_{out_dir.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(tmp)
-    if out_dir.exists():
-        old = out_dir.with_name(f".old_{out_dir.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
-    return out_dir

@@ -82,7 +82,7 @@ def test_saved_adapter_reloads_to_the_fine_tuned_outputs(runs):
 
 def test_lora_on_the_depthwise_conv_is_refused_with_the_reason(tmp_path, idx_dir, runs):
     base = f"train.init_from={runs / 'base' / 'pipeline'}"
-    with pytest.raises(ValueError, match="'conv' is not supported: PEFT adapts a depthwise convolution"):
+    with pytest.raises(ValueError, match="cannot include 'conv': PEFT adapts a depthwise convolution"):
         run_train(*cfg_args(tmp_path / "c", idx_dir, base, "train.lora.rank=4", "train.lora.targets=[conv]"))
     with pytest.raises(ValueError, match="fine-tuning keeps the base model's channels and classes"):
         from flashdit.training import load_base_model

@@ -13,7 +13,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from test_flow import GaussianMixture
 
 from flashdit import FlashDiTTransformer2DModel, flow
-from flashdit.pipeline import FlashDiTPipeline, SamplingDefaults
+from flashdit.pipeline import FlashDiTPipeline
+from flashdit.settings import SamplingSettings
 
 
 def tiny_transformer(in_channels=1, num_classes=10, **kwargs):
@@ -190,8 +191,8 @@ def test_stored_defaults_apply_and_call_arguments_override():
     calls.clear()
     pipe(1, num_inference_steps=5, callback_on_step_end=lambda p, i, t, kw: calls.append(i) or {})
     assert len(calls) == 5
-    assert SamplingDefaults().guidance_scale == 1.0
-    with pytest.raises(ValueError, match="unknown sampling settings"):
+    assert SamplingSettings().guidance_scale == 1.0
+    with pytest.raises(ValueError, match=r"unknown sampling setting key\(s\) \['cfg'\]"):
         pixel_pipe(sampling=dict(cfg=4.0))
 
 
@@ -226,8 +227,8 @@ def test_class_names_and_imagenet_labels():
         (dict(class_labels=[1], width=7), "width=7"),
         (dict(class_labels=[1, 2], generator=gens([0])), "one per image"),
         (dict(class_labels=[1], latents=torch.zeros(1, 1, 4, 4)), "latents must have shape"),
-        (dict(class_labels=[1], sampler="dpm"), "sampler must be one of"),
-        (dict(class_labels=[1], num_inference_steps=0), "at least 1"),
+        (dict(class_labels=[1], sampler="dpm"), "sampler='dpm' must be 'euler', 'heun' or 'sde'"),
+        (dict(class_labels=[1], num_inference_steps=0), "num_inference_steps=0 must be greater than or equal to 1"),
         (dict(class_labels=[1], output_type="jpg"), "output_type"),
         (dict(class_labels=[]), "empty"),
     ],
