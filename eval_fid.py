@@ -10,6 +10,9 @@ Image i has label ``i mod num_classes`` and seed ``--seed + i``, so the sample s
 batch size or process count. Samples go to ``--out`` in shards (an interrupted run resumes), then to an
 ADM-style ``samples.npz`` (``arr_0`` uint8 NHWC), optionally PNGs; metrics and every setting to
 ``metrics.json``. Reference statistics: ``python -m flashdit.evaluation reference --source ... --out ...``.
+
+``--out`` may be missing, empty, or hold this command's earlier output (every file it writes carries a
+``flashdit_tool`` stamp); a rerun with other settings is refused rather than mixed with the old samples.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import numpy as np
 from accelerate import PartialState
 from PIL import Image
 
+from flashdit.arguments import ArgumentParser, bounded_int
 from flashdit.classifier import score_class_accuracy
 from flashdit.cli import run
 from flashdit.evaluation import (
+    EVAL_TOOL,
     METRICS,
     InceptionFeatures,
     balanced_labels,
@@ -35,9 +40,12 @@ from flashdit.evaluation import (
     sample_shards,
     write_adm_npz,
 )
-from flashdit.pipeline import load_pipeline
+from flashdit.outputs import check_output, locked_output, owned_by, png_info, stamp
+from flashdit.pipeline import check_side, load_pipeline
 from flashdit.settings import NOT_GIVEN, SamplingSettings, add_sampling_flags, sampling_flags_given
-from flashdit.utils import DTYPES, atomic_path, check_writable, model_fingerprint, save_image
+from flashdit.utils import DTYPES, atomic_path, launch_state, model_fingerprint, save_image
+
+MAX_SAMPLES = 10_000_000
 
 
 def default_out(args) -> Path:
@@ -61,11 +69,10 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], dict]:
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
-    for name in ("num_samples", "batch_size", "shard_size", "inception_batch_size", "kid_subset_size"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if metrics and metrics != ["isc"] and args.reference is None:
         raise ValueError(f"--metrics {metrics} need --reference (image folder, .npz, or saved statistics)")
+    check_side("height", args.height)
+    check_side("width", args.width)
     given = sampling_flags_given(args)  # a bad value fails before the model loads
     return metrics, given
 
@@ -80,8 +87,8 @@ def resolve_settings(args: argparse.Namespace, pipe, given: dict) -> dict:
         num_samples=args.num_samples,
         seed=args.seed,
         **SamplingSettings.from_dict(pipe.config.sampling).updated(**given).to_dict(),
-        height=args.height or default_side,
-        width=args.width or default_side,
+        height=default_side if args.height is None else args.height,
+        width=default_side if args.width is None else args.width,
         dtype=args.dtype,
         shard_size=args.shard_size,
         model_fingerprint=model_fingerprint(args.model),
@@ -100,6 +107,12 @@ def load_checked_reference(args: argparse.Namespace, metrics: list[str], setting
                 f"{inception.weights} lack; leave out isc (e.g. --metrics fid kid), or run online without them"
             )
     reference = load_reference(args.reference, inception, progress=state.is_main_process) if args.reference else None
+    needs_features = [m for m in metrics if m in ("kid", "prc")]
+    if reference is not None and reference.features is None and needs_features:
+        raise ValueError(
+            f"--metrics {needs_features} need reference features; --reference {args.reference} holds statistics "
+            "only (mu/sigma): use reference images, or a reference saved with features, or leave them out"
+        )
     size = [settings["height"], settings["width"]]
     if reference is not None and reference.size and list(reference.size) != size:
         raise ValueError(
@@ -110,11 +123,16 @@ def load_checked_reference(args: argparse.Namespace, metrics: list[str], setting
 
 
 def main(args: argparse.Namespace) -> dict:
-    state = PartialState()
+    state = launch_state()
     metrics, given = check_args(args)
     out = Path(args.out) if args.out else default_out(args)
-    if state.is_main_process:
-        check_writable(out, "--out")
+    if state.is_main_process:  # before the model loads
+        check_output(out, owned_by(EVAL_TOOL), f"{EVAL_TOOL} output")
+    with locked_output(out, "--out", take=state.is_main_process):
+        return evaluate(args, state, out, metrics, given)
+
+
+def evaluate(args: argparse.Namespace, state: PartialState, out: Path, metrics: list[str], given: dict) -> dict:
     pipe = load_pipeline(args.model, args.device or state.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)
     labels = balanced_labels(args.num_samples, pipe.transformer.config.num_classes)
@@ -146,7 +164,7 @@ def main(args: argparse.Namespace) -> dict:
     write_adm_npz(images, sample_labels, out / "samples.npz")
     if args.png:
         for i, img in enumerate(images):
-            save_image(_to_pil(img), out / "png" / f"{i:06d}_{sample_labels[i]}.png")
+            save_image(_to_pil(img), out / "png" / f"{i:06d}_{sample_labels[i]}.png", png_info(EVAL_TOOL))
     results = (
         compute_metrics(features, reference, metrics, args.kid_subset_size, inception.has_logits) if metrics else {}
     )
@@ -162,7 +180,7 @@ def main(args: argparse.Namespace) -> dict:
         "samples": str(out / "samples.npz"),
     }
     with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1))
+        tmp.write_text(json.dumps({**report, **stamp(EVAL_TOOL)}, indent=1))
     _print_table(results, settings, out)
     return report
 
@@ -185,9 +203,9 @@ def _print_table(results: dict, settings: dict, out: Path) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="pipeline directory (or hub id when online)")
-    p.add_argument("--num-samples", type=int, default=50_000)
+    p.add_argument("--num-samples", type=bounded_int(1, MAX_SAMPLES), default=50_000)
     p.add_argument(
         "--reference",
         default=None,
@@ -198,14 +216,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--shard-size", type=int, default=500)
+    p.add_argument("--seed", type=bounded_int(0, 2**63 - 1 - MAX_SAMPLES), default=0)
+    p.add_argument("--batch-size", type=bounded_int(1, 65_536), default=32)
+    p.add_argument("--shard-size", type=bounded_int(1, MAX_SAMPLES), default=500)
     p.add_argument("--out", default=None, help="default: eval/<model>_cfg<cfg>_..._n<N>_seed<seed>")
     p.add_argument("--png", action="store_true", help="also write every sample as a PNG")
     p.add_argument("--inception-weights", default=None, help="torch-fidelity inception-v3-compat weights file")
-    p.add_argument("--inception-batch-size", type=int, default=64)
-    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--inception-batch-size", type=bounded_int(1, 65_536), default=64)
+    p.add_argument("--kid-subset-size", type=bounded_int(2, MAX_SAMPLES), default=1000)
     p.add_argument("--classifier", default=None, help="'fashion-mnist' or a SmallCNN .safetensors: class accuracy")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")

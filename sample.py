@@ -17,7 +17,8 @@ import argparse
 import time
 from pathlib import Path
 
-from flashdit.cli import ArgumentParser, bounded_int, run
+from flashdit.arguments import ArgumentParser, bounded_int
+from flashdit.cli import run
 from flashdit.outputs import check_output, locked_output, own_files, owned_by, png_info
 from flashdit.pipeline import check_side, load_pipeline
 from flashdit.sampling import generate

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flashdit.arguments import ArgumentParser
 from flashdit.cli import run
 from flashdit.config import load_config
 from flashdit.training import export_checkpoint, train
@@ -39,7 +40,7 @@ def main(args: argparse.Namespace) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--config", default=None, help="YAML recipe (default: the quickstart; with --export: the run's own config)"
     )

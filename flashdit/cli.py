@@ -7,7 +7,6 @@ Imported only by the scripts and the ``python -m flashdit.*`` entry points.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -17,37 +16,13 @@ import torch
 from tqdm import tqdm
 
 from .allocator import configure_cpu_allocator
+from .arguments import ArgumentParser, bounded_int  # noqa: F401  (the entry points' parsers)
 from .errors import TrainingDiverged
 
 # What bad arguments, files and configs raise (the message names the argument, the value and what is allowed), and
 # what a full disk, a read-only directory or a missing file raise (OSError names the file).
 USER_ERRORS = (ValueError, OSError)
 OUT_OF_MEMORY = "can't allocate memory"  # PyTorch's CPU allocator raises a plain RuntimeError
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the project's error format: one line, ``prog: error: message``, exit status 2 (argparse's
-    own prints the usage first); ``--help`` shows the usage."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
-
-
-def bounded_int(low: int, high: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer in ``[low, high]`` (counts have an upper bound, so that a typo fails at once
-    rather than as a MemoryError after the model has loaded)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high:,}]")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
 
 
 def one_line(err: BaseException) -> str:

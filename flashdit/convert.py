@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
+from .arguments import ArgumentParser
 from .models.embeddings import rope_tables_2d, sincos_pos_embed_2d
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
 from .outputs import check_output_dir, save_dir_atomically
@@ -290,7 +291,7 @@ def build_pipeline(transformer, vae=None, stats=None, sampling: dict | None = No
 
 
 def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m flashdit.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("source", choices=["flashdit", "lightningdit", "vae"])

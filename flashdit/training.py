@@ -45,8 +45,8 @@ from .config import ExperimentConfig, ModelConfig, TrainConfig, to_dict
 from .data import LatentShardDataset, ResumableBatchSampler, fashion_mnist
 from .errors import LaunchError, TrainingDiverged, UserError
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
-from .outputs import locked_output, save_dir_atomically
-from .pipeline import FlashDiTPipeline, export_pipeline
+from .outputs import check_output_dir, locked_output, save_dir_atomically
+from .pipeline import PIPELINE_ENTRIES, FlashDiTPipeline, export_pipeline
 from .sharding import full_state_dict, is_sharded, shard_like
 from .utils import atomic_path, image_grid, save_image
 
@@ -648,6 +648,7 @@ def save_lora(model: FlashDiTTransformer2DModel, out_dir: Path) -> Path:
 def export_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Export a checkpoint's EMA weights as a pipeline directory (no training)."""
     checkpoint = Path(checkpoint)
+    check_output_dir(out_dir, PIPELINE_ENTRIES, "model_index.json", "FlashDiT pipeline")  # before any work
     check_checkpoint(checkpoint)
     info = build_dataset(cfg).info
     model = TrainState.create(cfg, info).ema  # the run's architecture, adapters included

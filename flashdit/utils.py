@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .errors import UserError
+from .errors import LaunchError, UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # downloaded or built assets (Inception weights, the Fashion-MNIST judge); FLASHDIT_CACHE moves it
@@ -85,6 +85,24 @@ def image_grid(images: Sequence[Image.Image], nrow: int, pad: int = 2, fill: int
     for i, img in enumerate(images):
         grid.paste(img, (pad + (i % nrow) * (w + pad), pad + (i // nrow) * (h + pad)))
     return grid
+
+
+def launch_state():
+    """Accelerate's ``PartialState`` for the commands that split their work over a launch's processes (``eval_fid.py``,
+    ``flashdit.extract``). On a machine without GPUs a multi-process launch runs CPU processes (gloo), as
+    ``ACCELERATE_USE_CPU=1`` asks; a launch that Accelerate would run as independent single processes is refused."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (launched > 1 and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)
+    if state.num_processes != launched:
+        raise LaunchError(
+            f"launched {launched} processes but Accelerate runs {state.num_processes} (distributed type "
+            f"{state.distributed_type.value}): each would do all the work alone"
+        )
+    return state
 
 
 def default_device() -> torch.device:
