@@ -15,6 +15,7 @@ import eval_fid
 from flashdit.classifier import SmallCNN, class_accuracy, train_classifier
 from flashdit.data import FASHION_MNIST_DIR, load_idx_split
 from flashdit.evaluation import (
+    InceptionFeatures,
     Reference,
     compute_metrics,
     convert_fid_helper_inception,
@@ -219,7 +220,7 @@ def test_converted_inception_matches_the_torchscript_features(tmp_path):
 
 @needs_fid_helper
 @pytest.mark.data
-def test_eval_fid_end_to_end_writes_samples_metrics_and_settings(tmp_path):
+def test_eval_fid_end_to_end_writes_samples_metrics_and_settings(tmp_path, monkeypatch):
     weights = convert_fid_helper_inception(FID_HELPER, tmp_path / "inception.pth")
     pixel_pipe(sampling=dict(num_inference_steps=2)).save_pretrained(tmp_path / "model")
     ref_dir = tmp_path / "ref"
@@ -266,6 +267,14 @@ def test_eval_fid_end_to_end_writes_samples_metrics_and_settings(tmp_path):
         eval_fid.main(eval_fid.parse_args(["--model", str(tmp_path / "model"), "--metrics", "fid"]))
     with pytest.raises(FileNotFoundError, match="no Inception weights"):
         eval_fid.main(eval_fid.parse_args(argv(tmp_path / "nope.pth", tmp_path / "eval2")))
+    # KID against a statistics-only reference fails before any sampling
+    stats_only = load_reference(ref_dir, InceptionFeatures(weights))
+    stats_only.save(tmp_path / "stats.npz", with_features=False)
+    args = argv(weights, tmp_path / "eval3")
+    args[args.index("--reference") + 1] = str(tmp_path / "stats.npz")
+    monkeypatch.setattr(eval_fid, "sample_shards", lambda *a, **k: pytest.fail("sampled"))
+    with pytest.raises(ValueError, match=r"--metrics \['kid', 'prc'\] need reference features"):
+        eval_fid.main(eval_fid.parse_args(args))
 
 
 @pytest.mark.slow
