@@ -112,13 +112,14 @@ MAX_SEED = 2**32 - 1 - 10_000  # numpy's seeds are 32-bit; the step stream adds 
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """A training run: its directory, optimiser, schedule, EMA, logging and checkpoints (every trainer's)."""
+
     __pydantic_config__ = STRICT_KEYS
 
     output_dir: Str = "runs/fashion_mnist"
     seed: Annotated[Int, Interval(ge=0, le=MAX_SEED)] = 0
     global_batch_size: Annotated[Int, Interval(ge=1, le=MAX_BATCH)] = 64
-    grad_accum_steps: Annotated[Int, Interval(ge=1, le=MAX_BATCH)] = 1
     max_steps: Annotated[Int, Interval(ge=1, le=10**9)] = 1000
     stop_after: OptCount = None  # checkpoint and stop at this step (a planned interruption); resume later
     lr: Annotated[Float, Interval(gt=0, le=1)] = 2e-4
@@ -130,14 +131,21 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     ema_decay: Fraction = 0.9999
     ema_warmup: Bool = False  # decay_t = min(decay, (1 + t) / (10 + t))
-    gradient_checkpointing: Bool = False
-    compile: Bool = False
     cpu: Bool = False  # force CPU processes (gloo), e.g. two CPU workers under accelerate launch
     log_every: Count = 10
     sample_every: Annotated[Int, Ge(0)] = 500  # 0: no sample grids
     checkpoint_every: Count = 500
     keep_checkpoints: Annotated[Int, Ge(0)] = 2  # 0 keeps all
     trackers: list[Str] = field(default_factory=lambda: ["tensorboard"])
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """A FlashDiT run: :class:`RunConfig` plus accumulation, memory and compile switches, fine-tuning and LoRA."""
+
+    grad_accum_steps: Annotated[Int, Interval(ge=1, le=MAX_BATCH)] = 1
+    gradient_checkpointing: Bool = False
+    compile: Bool = False
     # fine-tuning: start from a pipeline's transformer (directory or hub id; its architecture replaces model.*)
     init_from: Str | None = None
     lora: LoraConfig | None = None  # train adapters only (needs peft); with init_from, a LoRA fine-tune
@@ -251,9 +259,10 @@ def read_config_values(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     return merge_values(read_config_values(base_path, (*_chain, path.resolve())), values)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML recipe (or the defaults when ``path`` is None), its ``base:`` chain first, and apply
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=ExperimentConfig):
+    """Read a YAML recipe of ``cls`` (or its defaults when ``path`` is None), its ``base:`` chain first, and apply
     overrides. An empty section takes its defaults (or, under a ``base:``, the base's)."""
     values = apply_overrides(read_config_values(path) if path is not None else {}, overrides or [])
-    values = {k: v for k, v in values.items() if not (v is None and k in SECTIONS)}
-    return from_dict(ExperimentConfig, values)
+    sections = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in values.items() if not (v is None and k in sections)}
+    return from_dict(cls, values)

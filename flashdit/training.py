@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from .checkpoint import (
     set_rng_state,
     trim_metrics,
 )
-from .config import ExperimentConfig, ModelConfig, TrainConfig, to_dict
+from .config import DataConfig, ExperimentConfig, ModelConfig, RunConfig, TrainConfig, to_dict
 from .data import LatentShardDataset, ResumableBatchSampler, fashion_mnist
 from .errors import LaunchError, TrainingDiverged, UserError
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
@@ -452,56 +453,22 @@ def _train(cfg: ExperimentConfig, checkpoint: Path | None, resume) -> Path:
         project_dir=t.output_dir,
     )
     state, info, batches = setup_run(cfg, accelerator, checkpoint, resume)
-    bar = tqdm(total=t.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
-    meter = Throughput()
-    while state.step < t.max_steps:
-        state.model.train()
+
+    def step():
         device = accelerator.device
         micro = (
             (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             for x, y in (next(batches) for _ in range(t.grad_accum_steps))
         )
-        loss, terms, grad_norm = train_step(state, micro, cfg, output_dir)
-        meter.add(t.global_batch_size)
-        step = state.step
-        if step % t.log_every == 0 or step == t.max_steps:
-            logs = log_step(accelerator, output_dir, state, loss, terms, grad_norm, meter.rate())
-            bar.set_postfix(
-                loss=f"{logs['loss']:.4f}",
-                gnorm=f"{logs['grad_norm']:.2f}",
-                lr=f"{logs['lr']:.2e}",
-                img_s=f"{logs['images_per_sec']:.0f}",
-            )
-        bar.update()
-        stopping = t.stop_after is not None and step >= t.stop_after
-        if step % t.checkpoint_every == 0 or step == t.max_steps or stopping:
-            run_state = {
-                "step": step,
-                "global_batch_size": t.global_batch_size,
-                "micro_batches": step * t.grad_accum_steps,
-            }
-            check_weights_finite(accelerator, state, output_dir)
-            save_checkpoint(
-                accelerator,
-                output_dir,
-                step,
-                state.model,
-                state.ema,
-                state.optimizer,
-                state.scheduler,
-                run_state,
-                t.keep_checkpoints,
-            )
-        if t.sample_every and (step % t.sample_every == 0 or step == t.max_steps):
-            ema = gathered_ema(state)  # every process: gathering FSDP shards is a collective
-            if accelerator.is_main_process:
-                write_sample_grid(accelerator, make_pipeline(ema, info, cfg), cfg, info, output_dir, step)
-        if stopping:
-            bar.close()
-            accelerator.print(f"stopped at step {step} (train.stop_after); resume with --resume")
-            accelerator.end_training()
-            return list_checkpoints(output_dir)[-1]
-    bar.close()
+        return train_step(state, micro, cfg, output_dir)
+
+    def sample(step: int) -> None:
+        ema = gathered_ema(state)  # every process: gathering FSDP shards is a collective
+        if accelerator.is_main_process:
+            write_sample_grid(accelerator, make_pipeline(ema, info, cfg), cfg, info, output_dir, step)
+
+    if run_loop(accelerator, state, t, step, sample, micro_batches_per_step=t.grad_accum_steps):
+        return list_checkpoints(output_dir)[-1]
 
     # export the EMA weights (LoRA: folded into the pipeline, and the adapter on its own)
     accelerator.wait_for_everyone()
@@ -517,18 +484,61 @@ def _train(cfg: ExperimentConfig, checkpoint: Path | None, resume) -> Path:
     return out
 
 
+def run_loop(
+    accelerator: Accelerator,
+    state: TrainState,
+    t: RunConfig,
+    step: Callable[[], tuple],
+    sample: Callable[[int], None] | None = None,
+    micro_batches_per_step: int = 1,
+) -> bool:
+    """The loop every trainer shares: ``step()`` (one optimizer step, returning ``(loss, terms, grad_norm)``) until
+    ``t.max_steps``, a progress bar, the log every ``t.log_every`` steps, a checkpoint (its weights checked finite
+    first) every ``t.checkpoint_every``, ``sample(step)`` every ``t.sample_every``. Returns True when it stopped
+    early at ``t.stop_after`` (after a checkpoint; the run resumes with ``--resume``)."""
+    output_dir = Path(t.output_dir)
+    bar = tqdm(total=t.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="train")
+    meter = Throughput()
+    while state.step < t.max_steps:
+        state.model.train()
+        loss, terms, grad_norm = step()
+        meter.add(t.global_batch_size)
+        n = state.step
+        if n % t.log_every == 0 or n == t.max_steps:
+            logs = log_step(accelerator, output_dir, state, loss, terms, grad_norm, meter.rate())
+            bar.set_postfix(
+                loss=f"{logs['loss']:.4f}",
+                gnorm=f"{logs['grad_norm']:.2f}",
+                lr=f"{logs['lr']:.2e}",
+                img_s=f"{logs['images_per_sec']:.0f}",
+            )
+        bar.update()
+        stopping = t.stop_after is not None and n >= t.stop_after
+        if n % t.checkpoint_every == 0 or n == t.max_steps or stopping:
+            run_state = {
+                "step": n,
+                "global_batch_size": t.global_batch_size,
+                "micro_batches": n * micro_batches_per_step,
+            }
+            check_weights_finite(accelerator, state, output_dir)
+            parts = (state.model, state.ema, state.optimizer, state.scheduler)
+            save_checkpoint(accelerator, output_dir, n, *parts, run_state, t.keep_checkpoints)
+        if sample is not None and t.sample_every and (n % t.sample_every == 0 or n == t.max_steps):
+            sample(n)
+        if stopping:
+            bar.close()
+            accelerator.print(f"stopped at step {n} (train.stop_after); resume with --resume")
+            accelerator.end_training()
+            return True
+    bar.close()
+    return False
+
+
 def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path | None, resume):
     """Data, model, EMA, optimiser and schedule, restored from ``checkpoint`` when given; the run's
     ``config.yaml`` and trackers. Returns ``(state, data info, micro-batch iterator)``."""
-    t, output_dir = cfg.train, Path(cfg.train.output_dir)
-    world = accelerator.num_processes
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != world:  # e.g. an FSDP or DeepSpeed config on a machine without GPUs: Accelerate falls back
-        raise LaunchError(
-            f"launched {launched} processes but Accelerate runs {world} (distributed type "
-            f"{accelerator.distributed_type.value}): each would train alone into {output_dir}. FSDP and DeepSpeed "
-            "configs need GPUs; on CPUs launch with --multi_gpu and set train.cpu=true (gloo)"
-        )
+    t = cfg.train
+    world = check_launch(accelerator, t.output_dir)
     if t.global_batch_size % (world * t.grad_accum_steps):
         raise ValueError(
             f"train.global_batch_size={t.global_batch_size} must be divisible by processes ({world}) x "
@@ -555,6 +565,43 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
     if t.compile:
         accelerator.unwrap_model(state.model).compile(dynamic=False)
 
+    batches = start_run(
+        accelerator, state, cfg.train, checkpoint, resume, dataset, cfg.data, micro_batch, to_dict(cfg)
+    )
+    return state, info, batches
+
+
+def check_launch(accelerator: Accelerator, output_dir) -> int:
+    """The number of processes, checked to be the number launched: Accelerate runs an FSDP or DeepSpeed config on a
+    machine without GPUs as independent single processes, each of which would train alone into ``output_dir``."""
+    world = accelerator.num_processes
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != world:
+        raise LaunchError(
+            f"launched {launched} processes but Accelerate runs {world} (distributed type "
+            f"{accelerator.distributed_type.value}): each would train alone into {output_dir}. FSDP and DeepSpeed "
+            "configs need GPUs; on CPUs launch with --multi_gpu and set train.cpu=true (gloo)"
+        )
+    return world
+
+
+def start_run(
+    accelerator: Accelerator,
+    state: TrainState,
+    t: RunConfig,
+    checkpoint: Path | None,
+    resume,
+    dataset,
+    data: DataConfig,
+    micro_batch: int,
+    config_values: dict,
+    accum_steps: int = 1,
+):
+    """The end of every trainer's set-up: restore ``checkpoint`` into ``state`` (weights, EMA, optimiser, schedule,
+    RNG streams), the resumable batch order from the restored step, the run's ``config.yaml`` and the trackers.
+    Returns the micro-batch iterator."""
+    output_dir = Path(t.output_dir)
+    accum_steps = getattr(t, "grad_accum_steps", accum_steps)
     restored = {}
     if resume and checkpoint is None:
         accelerator.print(f"no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
@@ -573,13 +620,13 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
         len(dataset),
         micro_batch,
         accelerator.process_index,
-        world,
+        accelerator.num_processes,
         t.seed,
-        cfg.data.random_flip,
-        position=state.step * t.grad_accum_steps,
+        data.random_flip,
+        position=state.step * accum_steps,
     )
     pin = accelerator.device.type == "cuda"
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, pin_memory=pin)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers, pin_memory=pin)
     batches = iter(loader)  # creating the iterator draws from the global RNG: restore it afterwards
     if "rng" in restored:
         set_rng_state(restored["rng"])
@@ -587,10 +634,10 @@ def setup_run(cfg: ExperimentConfig, accelerator: Accelerator, checkpoint: Path 
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(output_dir / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            tmp.write_text(yaml.safe_dump(config_values, sort_keys=False))
     if t.trackers:
-        accelerator.init_trackers("flashdit", config=flat_dict(to_dict(cfg)))
-    return state, info, batches
+        accelerator.init_trackers("flashdit", config=flat_dict(config_values))
+    return batches
 
 
 class Throughput:
@@ -614,15 +661,10 @@ def log_step(
 ) -> dict:
     """Reduce over processes, read back to the host (only here, at log steps), and write to the trackers and
     ``metrics.jsonl``."""
-    logs = {
-        "loss": accelerator.reduce(loss.detach(), "mean").item(),
-        "mse": accelerator.reduce(terms["mse"].mean().detach(), "mean").item(),
-        "grad_norm": float(grad_norm),
-        "lr": state.scheduler.get_last_lr()[0],
-        "images_per_sec": images_per_sec,
-    }
-    if "cos" in terms:
-        logs["cos"] = accelerator.reduce(terms["cos"].mean().detach(), "mean").item()
+    logs = {"loss": accelerator.reduce(loss.detach(), "mean").item()}
+    for name, value in terms.items():  # per-sample loss terms (the flow's mse and cos, the autoencoder's rec and kl)
+        logs[name] = accelerator.reduce(value.mean().detach(), "mean").item()
+    logs |= {"grad_norm": float(grad_norm), "lr": state.scheduler.get_last_lr()[0], "images_per_sec": images_per_sec}
     accelerator.log(logs, step=state.step)
     if accelerator.is_main_process:
         with open(output_dir / "metrics.jsonl", "a") as f:
