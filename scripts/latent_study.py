@@ -1,0 +1,253 @@
+"""The latent study: FlashDiT in the mission's own regime, VAE latents on the paper's 16x16 grid
+(docs/latent_study.md).
+
+Every stage runs the toolkit's own command lines, as a user would, and is skipped when its output exists, so an
+interrupted study resumes (``python scripts/latent_study.py`` again). Records (recipes, training logs, scores) are
+copied into ``docs/latent_study/`` as stages finish; weights stay under ``--work`` (``runs/latent_study``).
+
+1. ``ae``: autoencoder candidates, each for a third of the final autoencoder's steps: latent channels C in
+   {1, 2, 4} at the recipe's KL weight, then KL weights at the best C. Each is measured by its reconstruction (PSNR
+   and rFID-1000 of real test images) and by what it is for: its latents extracted, a short latent FlashDiT
+   (``--proxy-steps``) trained on them, FID-500 and class accuracy of its samples at guidance 1.5 and 2.5.
+2. ``final``: the chosen autoencoder for its whole ``configs/autoencoder_fashion_mnist.yaml`` (15 min on 2 cores),
+   rFID-2000 against the reference ``eval_fid.py`` uses, then the latents every latent run trains on.
+3. ``latent``: ``configs/fashion_mnist_latent.yaml`` (FlashDiT) and the same recipe with global attention and a
+   sin-cos position embedding, two training seeds each; guidance swept on 500 samples of seed 0, then FID-2k, KID,
+   precision/recall and class accuracy of every seed at its row's best scale.
+
+    python scripts/latent_study.py                 # everything (resumable)
+    python scripts/latent_study.py --stages ae     # one stage
+    python scripts/latent_study.py --report-only   # docs/latent_study/tables.md from what has finished
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "latent_study"
+REFERENCE = "refs/fashion_mnist_test_2000.npz"
+AE_CONFIG = "configs/autoencoder_fashion_mnist.yaml"
+LATENT_CONFIG = "configs/fashion_mnist_latent.yaml"
+DATA = "/usr/share/datasets/fashion-mnist"
+ATTENTION = ["model.mixer=attention", "model.kernel_size=null", "model.pos_embed=sincos"]
+# sampling of every score below but the guidance scale: the quickstart's stored settings
+SAMPLING = ["--sampler", "euler", "--steps", "32", "--guidance-interval", "0.1", "0.8", "--shift", "0.5"]
+PROXY_GUIDANCE = (1.5, 2.5)
+SWEEP_GUIDANCE = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+SEEDS = (0, 1)
+
+
+def ae_candidates(best_c: int | None) -> dict[str, list[str]]:
+    """Name -> overrides of the autoencoder recipe. The KL candidates wait for the best C."""
+    out = {f"ae-c{c}-kl1e-6": [f"model.latent_channels={c}"] for c in (4, 2, 1)}
+    if best_c is not None:
+        for kl in ("1e-4", "1e-2"):
+            out[f"ae-c{best_c}-kl{kl}"] = [f"model.latent_channels={best_c}", f"loss.kl_weight={kl}"]
+    return out
+
+
+def sh(cmd: list[str], log: Path) -> None:
+    """Run one command of the toolkit (its progress bars go to ``log``); a failure stops the study."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("$", " ".join(cmd), flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open(log, "a") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        tail = log.read_text()[-1500:]
+        raise SystemExit(f"latent_study.py: error: {' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{tail}")
+
+
+def py(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def keep(src: Path, name: str, *files: str) -> None:
+    """Copy a run's small records into docs/latent_study/<name>/."""
+    dst = DOCS / name
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        if (src / f).is_file():
+            shutil.copyfile(src / f, dst / Path(f).name)
+
+
+def seconds_of_steps(metrics: Path, batch: int) -> float:
+    """The training loop's own seconds, summed over the log windows of ``metrics.jsonl``."""
+    seconds, last = 0.0, 0
+    for line in metrics.read_text().splitlines():
+        entry = json.loads(line)
+        if "images_per_sec" in entry:
+            seconds += (entry["step"] - last) * batch / entry["images_per_sec"]
+            last = entry["step"]
+    return seconds
+
+
+def median_step(metrics: Path, batch: int) -> float:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return statistics.median(batch / r["images_per_sec"] for r in rows[1:] if "images_per_sec" in r)
+
+
+# --------------------------------------------------------------------------------------------
+# the commands
+
+
+def train_autoencoder(name: str, overrides: list[str], steps: int | None, work: Path) -> Path:
+    out = work / name
+    if not (out / "vae" / "config.json").is_file():
+        extra = [f"train.max_steps={steps}", f"train.sample_every={steps}"] if steps else []
+        cmd = ["-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "2", "-m", "flashdit.autoencoder"]
+        cmd += ["--config", AE_CONFIG, "--output-dir", str(out), "--set", "train.trackers=[]", *overrides, *extra]
+        sh(py(*cmd, *(["--resume"] if (out / "checkpoints").is_dir() else [])), out.with_suffix(".log"))
+    keep(out, name, "config.yaml", "metrics.jsonl", "reconstruction.json")
+    return out / "vae"
+
+
+def evaluate_autoencoder(name: str, vae: Path, n: int) -> dict:
+    report = DOCS / name / f"reconstruction_{n}.json"
+    if not report.is_file():
+        cmd = py("-m", "flashdit.autoencoder", "--evaluate", str(vae), "--reference", REFERENCE)
+        sh([*cmd, "--num-images", str(n), "--out", str(report)], vae.parent.with_suffix(".log"))
+    return read_json(report)
+
+
+def extract(name: str, vae: Path, work: Path) -> Path:
+    out = work / f"latents-{name}"
+    if not (out / "metadata.json").is_file():
+        cmd = py("-m", "flashdit.extract", "--source", DATA, "--vae", str(vae), "--resolution", "32")
+        sh([*cmd, "--out", str(out), "--batch-size", "256"], out.with_suffix(".log"))
+    return out
+
+
+def train_latent(name: str, latents: Path, overrides: list[str], work: Path) -> Path:
+    out = work / name
+    if not (out / "pipeline" / "model_index.json").is_file():
+        cmd = ["-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "2", "train.py"]
+        cmd += ["--config", LATENT_CONFIG, "--output-dir", str(out)]
+        cmd += ["--set", f"data.path={latents}", "train.trackers=[]", *overrides]
+        sh(py(*cmd, *(["--resume"] if (out / "checkpoints").is_dir() else [])), out.with_suffix(".log"))
+    keep(out, name, "config.yaml", "metrics.jsonl")
+    return out / "pipeline"
+
+
+def score(name: str, pipeline: Path, guidance: float, n: int, work: Path, prc: bool = False) -> dict:
+    """``eval_fid.py`` on ``n`` samples at ``guidance`` with the study's sampling settings; returns its metrics."""
+    tag = f"cfg{guidance}_n{n}"
+    record = DOCS / name / f"scores_{tag}.json"
+    if not record.is_file():
+        out = work / "eval" / f"{name}_{tag}"
+        metrics = ["fid", "kid", *(["prc"] if prc else [])]
+        cmd = py("eval_fid.py", "--model", str(pipeline), "--num-samples", str(n), "--reference", REFERENCE)
+        cmd += ["--metrics", *metrics, "--classifier", "fashion-mnist", "--cfg", str(guidance), *SAMPLING]
+        cmd += ["--out", str(out), "--quiet", "--batch-size", "100", "--kid-subset-size", str(min(n, 1000))]
+        sh(cmd, out.with_suffix(".log"))
+        report = read_json(out / "metrics.json")
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"command": " ".join(cmd[1:]), **report}, indent=1))
+    return read_json(record)["metrics"]
+
+
+# --------------------------------------------------------------------------------------------
+# stages
+
+
+def stage_ae(args, work: Path) -> tuple[int, float]:
+    """The autoencoder candidates; returns the chosen (C, KL weight)."""
+    results = {}
+    proxy = ["train.max_steps=" + str(args.proxy_steps)]
+    best_c = None
+    for round_ in (0, 1):
+        for name, overrides in ae_candidates(best_c).items():
+            if name in results:
+                continue
+            vae = train_autoencoder(name, overrides, args.ae_proxy_steps, work)
+            rec = evaluate_autoencoder(name, vae, 1000)
+            latents = extract(name, vae, work)
+            c = int(name.split("-c")[1].split("-")[0])
+            flow = ["flow.cosine_weight=0"] if c == 1 else []  # the cosine over one channel is inert
+            dit = train_latent(f"proxy-{name}", latents, [*proxy, *flow, "train.sample_every=0"], work)
+            scores = {g: score(f"proxy-{name}", dit, g, 500, work) for g in PROXY_GUIDANCE}
+            best = min(scores.values(), key=lambda m: m["fid"])
+            results[name] = {"c": c, "overrides": overrides, "reconstruction": rec, "proxy": scores, "best": best}
+            print(
+                f"== {name}: PSNR {rec['psnr']}, rFID-1000 {rec['rfid']}, proxy FID-500 {best['fid']:.1f}", flush=True
+            )
+        if round_ == 0:
+            best_c = min((r for r in results.values()), key=lambda r: r["best"]["fid"])["c"]
+    (DOCS / "ae_sweep.json").write_text(json.dumps(results, indent=1, default=str))
+    chosen = min(results.values(), key=lambda r: r["best"]["fid"])
+    kl = next((o.split("=")[1] for o in chosen["overrides"] if o.startswith("loss.kl_weight")), "1e-6")
+    return chosen["c"], float(kl)
+
+
+def stage_final(args, work: Path) -> Path:
+    """The recipe's autoencoder, trained whole; its rFID-2000; the latents of the latent runs."""
+    t0 = time.perf_counter()
+    vae = train_autoencoder("autoencoder", [], None, work)
+    evaluate_autoencoder("autoencoder", vae, 2000)
+    metrics = work / "autoencoder" / "metrics.jsonl"
+    record = {
+        "seconds_of_steps": round(seconds_of_steps(metrics, 64), 1),
+        "wall_this_sitting": time.perf_counter() - t0,
+    }
+    (DOCS / "autoencoder" / "time.json").write_text(json.dumps(record, indent=1))
+    return extract("autoencoder", vae, work)
+
+
+def stage_latent(args, work: Path, latents: Path) -> None:
+    rows = {"flashdit": [], "attention": ATTENTION}
+    for row, overrides in rows.items():
+        for seed in args.seeds:
+            name = f"{row}-s{seed}"
+            pipe = train_latent(name, latents, [*overrides, f"train.seed={seed}"], work)
+            if seed == 0:
+                for g in SWEEP_GUIDANCE:
+                    score(name, pipe, g, 500, work)
+        best = best_guidance(row)
+        for seed in args.seeds:
+            score(f"{row}-s{seed}", work / f"{row}-s{seed}" / "pipeline", best, 2000, work, prc=True)
+
+
+def best_guidance(row: str) -> float:
+    sweep = {g: read_json(DOCS / f"{row}-s0" / f"scores_cfg{g}_n500.json") for g in SWEEP_GUIDANCE}
+    return min((g for g in sweep if sweep[g]), key=lambda g: sweep[g]["metrics"]["fid"])
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stages", nargs="*", default=["ae", "final", "latent"], choices=["ae", "final", "latent"])
+    p.add_argument("--work", default="runs/latent_study", help="weights, latents and evaluation shards")
+    p.add_argument("--ae-proxy-steps", type=int, default=400, help="autoencoder candidates: a third of 1,200")
+    p.add_argument("--proxy-steps", type=int, default=800, help="the latent FlashDiT that scores a candidate")
+    p.add_argument("--seeds", type=int, nargs="*", default=list(SEEDS))
+    args = p.parse_args()
+    work = ROOT / args.work
+    DOCS.mkdir(parents=True, exist_ok=True)
+    if "ae" in args.stages:
+        c, kl = stage_ae(args, work)
+        from flashdit.autoencoder import AutoencoderConfig
+        from flashdit.config import load_config
+
+        recipe = load_config(ROOT / AE_CONFIG, cls=AutoencoderConfig)
+        if (recipe.model.latent_channels, recipe.loss.kl_weight) != (c, kl):
+            raise SystemExit(f"== chosen: C={c}, kl_weight={kl}: set them in {AE_CONFIG}, then run the later stages")
+    latents = stage_final(args, work) if "final" in args.stages or "latent" in args.stages else None
+    if "latent" in args.stages:
+        stage_latent(args, work, latents)
+
+
+if __name__ == "__main__":
+    main()
