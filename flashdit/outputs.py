@@ -89,7 +89,7 @@ def check_output(
             raise UserError(
                 f"{flag} {out} already exists and is not a {what}; choose another path, or move it yourself"
             )
-        check_writable(out.parent if str(out.parent) else Path("."), flag)
+        check_writable(out.parent, flag, create=False)
         return out
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} is a file, not a directory")
@@ -102,7 +102,7 @@ def check_output(
                 f"{flag} {out} already holds files that are not a {what} ({names}{more}); choose another directory, "
                 "or move them yourself"
             )
-    check_writable(out, flag)
+    check_writable(out, flag, create=False)
     return out
 
 

@@ -94,7 +94,8 @@ def describe(error: dict, cls, what: str = "config") -> str:
         tp = _type_at(cls, loc[:-1])
         size = len(typing.get_args(tp)) if typing.get_origin(tp) is tuple else None
         return f"{_key(loc[:-1])}={value!r} must have {size or 'more'} items"
-    message = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"]).replace("Input should be", "must be")
+    message = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
+    message = re.sub(r"^\w+ should ", "must ", message).replace(" after validation", "")
     if kind in ("value_error", "assertion_error") and (not loc or isinstance(value, dict)):
         return f"{key}: {message}" if key else message  # a check across fields (``__post_init__``)
     return f"{key}={value!r} {message}" if key else message

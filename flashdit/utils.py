@@ -109,12 +109,20 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def check_writable(path: str | os.PathLike, what: str) -> None:
-    """Fail fast when ``path`` (a directory, created if missing) cannot be written."""
+def check_writable(path: str | os.PathLike, what: str, create: bool = True) -> None:
+    """Fail fast when the directory ``path`` cannot be written. ``create``: make it if missing; otherwise a missing
+    directory is checked through the nearest existing one above it, and nothing is created."""
     path = Path(path)
+    probe = path
+    if not create:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise UserError(f"{what} {path} cannot be created: {probe} is a file")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".write_test"):
             pass
     except OSError as err:
         raise UserError(f"{what} {path} is not writable ({err.strerror or err})") from None

@@ -331,3 +331,25 @@ def test_depth_study_times_a_resumed_run_by_its_training_log_not_by_the_last_sit
     assert record["resumed_at_step"] == 2 and record["steps"] == 4
     expected = depth_study.seconds_of_steps(out / "metrics.jsonl", 32)
     assert record["step_seconds"] == pytest.approx(expected, abs=0.05) and expected > 0
+
+
+def test_the_gpu_check_runs_its_smoke_version_on_cpu(tmp_path, capsys):
+    """bench/gpu_check.py --smoke: every stage's code path on tiny sizes (the accelerator-only tests aside: pytest
+    inside pytest); each stage reports, and the checks it asserts pass."""
+    from bench import gpu_check
+
+    report = gpu_check.main(
+        ["--smoke", "--only", "flex", "recipe", "xl", "sampling", "--threads", "1", "--out", str(tmp_path / "g.json")]
+    )
+    assert report["flex"]["ok"] and report["flex"]["grad_max_rel"] is None  # no FlexAttention backward on CPU
+    assert report["recipe"]["ok"] and set(report["recipe"]) >= {"fp32", "bf16 autocast + compiled blocks"}
+    assert set(report["xl"]) == {"8x8 sdpa", "16x16 sdpa"} and report["xl"]["8x8 sdpa"]["ratio"] > 0
+    assert report["sampling"]["images_per_second"] > 0
+    assert json.loads((tmp_path / "g.json").read_text())["smoke"] is True
+    out = capsys.readouterr().out
+    assert "flex attention against SDPA" in out and "| ratio |" in out
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):  # the full version needs a GPU
+            gpu_check.main([])

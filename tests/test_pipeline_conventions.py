@@ -12,8 +12,6 @@ from test_pipeline import gens, latent_pipe, pixel_pipe
 
 from flashdit.pipeline import FlashDiTPipeline
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerator-only, as in diffusers")
-
 
 def inputs(seed=0, **kwargs):
     """diffusers' DiT dummy inputs: one class label, two steps, numpy output."""
@@ -174,7 +172,8 @@ def test_serialization_and_loading_with_variants(pipe, tmp_path):
         FlashDiTPipeline.from_pretrained(tmp_path, variant="foo")
 
 
-@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerator-only, as in diffusers")
 def test_float16_inference_on_the_accelerator(pipe):
     pipe.to("cuda")
     full = pipe(**inputs()).images
@@ -182,7 +181,8 @@ def test_float16_inference_on_the_accelerator(pipe):
     assert np.abs(full - half).max() < 5e-2
 
 
-@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerator-only, as in diffusers")
 def test_model_cpu_offload(pipe):
     out = pipe.to("cuda")(**inputs()).images
     pipe.to("cpu")

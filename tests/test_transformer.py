@@ -328,6 +328,7 @@ def test_attention_backends_go_through_diffusers_dispatch():
 
 @pytest.mark.parametrize("sample_size", [8, 12])  # 4x4 tokens, and 6x6 with padded windows
 @pytest.mark.parametrize("mixer", ["iwin", "window", "attention"])
+@pytest.mark.gpu  # its gradient half runs only on an accelerator
 def test_flex_attention_path_equals_the_sdpa_path(sample_size, mixer):
     """set_attention_backend("flex"): every window of an image in one flex_attention call with a block-diagonal
     BlockMask over the windows laid end to end (the interleaved order for IW-MSA). PyTorch has no FlexAttention
