@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
-from .settings import SAMPLERS
-
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t of shape (B,)) -> v
+INTEGRATORS = ("euler", "heun", "sde")  # this module's own steps (the pipeline runs diffusers' schedulers too)
 T_SAMPLING = ("uniform", "logit_normal")
 
 
@@ -208,9 +207,9 @@ def step(
         return heun_step(v_fn, x, t, t_next)
     if sampler == "sde" and not final:
         return sde_step(v_fn, x, t, t_next, per_sample_noise(x, generator), diffusion_norm)
-    if sampler in SAMPLERS:
+    if sampler in INTEGRATORS:
         return euler_step(v_fn, x, t, t_next)
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    raise ValueError(f"sampler must be one of {INTEGRATORS}, got {sampler!r}")
 
 
 def sample(
@@ -225,12 +224,12 @@ def sample(
 ) -> torch.Tensor:
     """The sampler loop: integrate from ``times[0]`` to ``times[-1]`` with Euler, Heun or the SDE.
 
-    Every path samples through here: the pipeline (and so the training-time grids, ``sample.py`` and
-    ``eval_fid.py``) and the tests. ``on_step(i, t_i, x)`` runs after step ``i`` (from ``t_i``) and returns
-    the latents to continue from; ``stop()`` is checked before each step and ends the loop early.
+    The pipeline's ``sampler="sde"`` samples through here (its ODE samplers are diffusers' schedulers, Euler on the
+    same grid as :func:`euler_step`), and so do the tests of the integrators. ``on_step(i, t_i, x)`` runs after step
+    ``i`` (from ``t_i``) and returns the latents to continue from; ``stop()`` is checked before each step.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler not in INTEGRATORS:
+        raise ValueError(f"sampler must be one of {INTEGRATORS}, got {sampler!r}")
     ts = times.tolist()
     n = len(ts) - 1
     for i in range(n):

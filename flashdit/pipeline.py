@@ -3,6 +3,7 @@ a diffusers ``AutoencoderKL`` or directly in pixel space, at any resolution the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,12 +12,19 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    ImagePipelineOutput,
+)
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import constants as diffusers_constants
+from diffusers.utils import logging as diffusers_logging
 from filelock import FileLock
 
-from . import flow
+from . import flow, schedulers
 from .errors import UserError
 from .models.transformer import FlashDiTTransformer2DModel
 from .outputs import save_dir_atomically
@@ -75,13 +83,28 @@ def _modules_cache_lock() -> FileLock:
     return FileLock(cache / "flashdit.lock")
 
 
+@contextlib.contextmanager
+def _quiet_config_warnings():
+    """diffusers warns that a FlowMatch scheduler's config carries keys it ignores; ours carries the flow keys on
+    purpose (see ``FlashDiTPipeline.__init__``), so loading a pipeline does not warn about them."""
+    logger = diffusers_logging.get_logger("diffusers.configuration_utils")
+    level = logger.level
+    logger.setLevel(diffusers_logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class FlashDiTPipeline(DiffusionPipeline):
     """Class-conditional image generation with a FlashDiT transformer.
 
     Args:
         transformer: the velocity model.
-        scheduler: a ``FlowMatchEulerDiscreteScheduler`` with ``shift=1.0`` (the pipeline applies
-            ``timestep_shift`` itself); it performs the Euler steps.
+        scheduler: the sampler: a diffusers flow-matching scheduler (``FlowMatchEulerDiscreteScheduler``,
+            ``FlowMatchHeunDiscreteScheduler``, or ``DPMSolverMultistepScheduler`` / ``UniPCMultistepScheduler`` with
+            ``prediction_type="flow_prediction"`` and ``use_flow_sigmas=True``). The pipeline drives it through
+            ``set_timesteps`` and ``step``; its time grid follows ``num_inference_steps`` and ``timestep_shift``.
         vae: a diffusers ``AutoencoderKL`` for latent models, or None for pixel-space models.
         id2label: class id -> name (``"name, synonym, ..."`` allowed); defaults to the ImageNet-1k names
             when the model has 1000 classes.
@@ -110,7 +133,14 @@ class FlashDiTPipeline(DiffusionPipeline):
         sampling: dict | None = None,
     ):
         super().__init__()
+        if isinstance(scheduler, (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)):
+            # carried in its config, so that DPMSolverMultistepScheduler / UniPCMultistepScheduler.from_config(
+            # pipe.scheduler.config) integrate a flow too (the FlowMatch schedulers ignore these keys)
+            missing = {k: v for k, v in schedulers.FLOW_CONFIG.items() if scheduler.config.get(k) != v}
+            if missing:
+                scheduler.register_to_config(**missing)
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
+        self._built_with = scheduler  # a scheduler assigned later is the sampler (resolve_sampler)
         num_classes = transformer.config.num_classes
         if id2label is None and num_classes == 1000:
             id2label = imagenet_id2label()
@@ -147,6 +177,10 @@ class FlashDiTPipeline(DiffusionPipeline):
         ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)`` finds the class (with push_to_hub too)."""
         Path(save_directory).mkdir(parents=True, exist_ok=True)
         (Path(save_directory) / f"{REMOTE_CODE_MODULE}.py").write_text(REMOTE_CODE)
+        if self.scheduler is not self._built_with:  # a swapped scheduler is the pipeline's sampler from now on
+            sampling = {**self.config.sampling, "sampler": schedulers.sampler_name(self.scheduler)}
+            self.register_to_config(sampling=sampling)
+            self._built_with = self.scheduler
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def to_json_string(self) -> str:
@@ -167,7 +201,7 @@ class FlashDiTPipeline(DiffusionPipeline):
                 )
             if Path(path).is_dir() and _carries_own_remote_code(Path(path)):
                 kwargs["trust_remote_code"] = True
-        with _modules_cache_lock():
+        with _modules_cache_lock(), _quiet_config_warnings():
             pipe = super().from_pretrained(path, **kwargs)
         check_weights_finite(pipe, str(pretrained_model_name_or_path))
         return pipe
@@ -278,20 +312,6 @@ class FlashDiTPipeline(DiffusionPipeline):
             latents = latents / cfg.scaling_factor
         return self.vae.decode(latents.to(self.vae.dtype)).sample
 
-    def _check_scheduler(self) -> None:
-        cfg = self.scheduler.config
-        if (
-            cfg.get("shift", 1.0) != 1.0
-            or cfg.get("use_dynamic_shifting")
-            or cfg.get("invert_sigmas")
-            or cfg.get("shift_terminal")
-            or any(cfg.get(k) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"))
-        ):
-            raise ValueError(
-                "the scheduler must be a plain FlowMatchEulerDiscreteScheduler (shift=1.0, no dynamic shifting "
-                "or sigma re-spacing): the pipeline builds the time grid itself; use timestep_shift instead"
-            )
-
     def _resolve_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         factor = self.vae_scale_factor * self.transformer.config.patch_size
         default = self.transformer.config.sample_size * self.vae_scale_factor
@@ -315,7 +335,6 @@ class FlashDiTPipeline(DiffusionPipeline):
             raise ValueError(f"num_images_per_prompt={n!r} must be a positive integer")
         if set(callback_tensor_inputs or ["latents"]) - set(self._callback_tensor_inputs):
             raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}")
-        self._check_scheduler()
 
     def prepare_latents(self, shape: tuple, generator, latents: torch.Tensor | None, device) -> torch.Tensor:
         """The initial noise (float32 whatever the model dtype): drawn per image, or checked when given."""
@@ -328,7 +347,8 @@ class FlashDiTPipeline(DiffusionPipeline):
         return latents.to(device=device, dtype=torch.float32)
 
     def _guided_velocity(self, settings: SamplingSettings, labels: torch.Tensor, autocast: bool):
-        """``v(x, t)`` with classifier-free guidance; the scale is read at every call (callbacks may change it)."""
+        """``v(x, t)`` with classifier-free guidance; the scale is read at every call (callbacks may change it), and
+        every call is counted in :attr:`num_model_evaluations`."""
         device = labels.device
         use_autocast = autocast and device.type == "cuda" and self.transformer.dtype == torch.float32
 
@@ -338,9 +358,60 @@ class FlashDiTPipeline(DiffusionPipeline):
 
         def velocity(x, t):
             guidance = flow.Guidance(self._guidance_scale, settings.guidance_interval, settings.cfg_channels)
+            self._model_evaluations += 2 if guidance.active(float(t[0])) else 1
             return guidance.velocity(model, x, t, labels, self.transformer.config.num_classes)
 
         return velocity
+
+    def resolve_sampler(self, sampler=NOT_GIVEN):
+        """The sampler of a call and the scheduler that runs it: ``(name, scheduler or None for "sde")``.
+
+        ``sampler`` given to the call wins; otherwise a scheduler assigned to ``pipe.scheduler`` since the pipeline was
+        built is the sampler (diffusers' one-line swap), and so is the pipeline's own scheduler when no sampler is
+        stored; otherwise the stored ``sampler`` setting, run by ``pipe.scheduler`` when it is that sampler's
+        scheduler, or by one made from its config for the call.
+        """
+        stored = self.config.sampling.get("sampler")
+        if sampler is NOT_GIVEN and (self.scheduler is not self._built_with or stored is None):
+            return schedulers.sampler_name(self.scheduler), self.scheduler
+        name = stored if sampler is NOT_GIVEN else sampler
+        if name == "sde":
+            return name, None
+        if type(self.scheduler) is schedulers.SCHEDULERS.get(name):
+            schedulers.sampler_name(self.scheduler)  # configured to integrate a flow, or an error saying how
+            return name, self.scheduler
+        return name, schedulers.scheduler_for(name, self.scheduler.config)
+
+    @property
+    def num_model_evaluations(self) -> int:
+        """Transformer evaluations per image in the running (or last) call; a guided one counts twice."""
+        return self._model_evaluations
+
+    def integrate(self, latents: torch.Tensor, velocity, settings: SamplingSettings, scheduler, generator, callback):
+        """From noise (t = 0) to data (t = 1): ``scheduler``'s steps (Euler on the pipeline's own time grid), or
+        FlashDiT's SDE sampler when ``scheduler`` is None. ``callback(i, t, x)`` sees each evaluation's flow time."""
+        n, shift = settings.num_inference_steps, settings.timestep_shift
+        if scheduler is None:
+            times = flow.time_grid(n, shift)
+            self._num_timesteps = n
+        else:
+            times = schedulers.set_timesteps(scheduler, n, shift, latents.device)
+            self._num_timesteps = len(times)
+        with self.progress_bar(total=self._num_timesteps) as progress:
+
+            def on_step(i: int, t: float, x: torch.Tensor) -> torch.Tensor:
+                progress.update()
+                return callback(i, t, x)
+
+            if scheduler is None:
+                stop = lambda: self.interrupt  # noqa: E731
+                return flow.sample(velocity, latents, times, "sde", generator, on_step=on_step, stop=stop)
+            for i, (timestep, t) in enumerate(zip(scheduler.timesteps, times)):
+                if self.interrupt:
+                    break
+                v = velocity(latents, torch.full((latents.shape[0],), t, device=latents.device))
+                latents = on_step(i, t, schedulers.step(scheduler, v, timestep, latents, generator))
+        return latents
 
     @torch.no_grad()
     def __call__(
@@ -367,11 +438,13 @@ class FlashDiTPipeline(DiffusionPipeline):
 
         Args:
             class_labels: class ids, class names, or a mix; one image each.
-            guidance_scale, num_inference_steps, guidance_interval, timestep_shift, sampler:
-                see :class:`~flashdit.settings.SamplingSettings`; left out (or None, as diffusers callers pass
-                it), the pipeline's stored value, then the default. ``num_inference_steps`` counts integration
-                steps: ``n`` steps evaluate the model on ``n + 1`` grid points' worth of intervals, so the
-                official "250 sampling steps" (250 grid points) is ``num_inference_steps=249``.
+            guidance_scale, num_inference_steps, guidance_interval, timestep_shift: see
+                :class:`~flashdit.settings.SamplingSettings`; left out (or None, as diffusers callers pass it), the
+                pipeline's stored value, then the default. The official "250 sampling steps" (250 grid points) is
+                ``num_inference_steps=249``.
+            sampler: ``"euler"``, ``"heun"``, ``"dpm++"``, ``"unipc"`` (diffusers' flow schedulers) or ``"sde"``;
+                left out, ``pipe.scheduler`` if one was assigned (``pipe.scheduler = UniPCMultistepScheduler
+                .from_config(pipe.scheduler.config)``), else the stored sampler.
             cfg_channels: guide only the first N channels; ``None`` guides all channels, whatever the pipeline
                 stores; left out, the stored value (then all channels).
             height, width: output size in pixels, any positive multiple of VAE factor x patch size,
@@ -382,55 +455,52 @@ class FlashDiTPipeline(DiffusionPipeline):
             num_images_per_prompt: images per class label (diffusers' name); image ``i`` of label ``k`` is
                 output ``k · num_images_per_prompt + i``, and a list of generators needs one per output.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
-            callback_on_step_end: ``fn(pipe, step, t, {"latents": ...}) -> dict`` after each step, with ``t`` the
-                flow time at the start of the step (a float, 0 = noise, 1 = data; diffusers' schedulers pass
+            callback_on_step_end: ``fn(pipe, i, t, {"latents": ...}) -> dict`` after each model evaluation ``i``,
+                with ``t`` the flow time it was made at (a float, 0 = noise, 1 = data; diffusers' schedulers count
                 ``1000·(1 - t)``); a returned ``"latents"`` replaces the current ones, and the callback may set
-                ``pipe._guidance_scale`` (read at every step) or ``pipe._interrupt``.
+                ``pipe._guidance_scale`` (read at every evaluation) or ``pipe._interrupt``.
             autocast: on CUDA, run an fp32 transformer under bf16 autocast (integration stays fp32).
         Returns:
             ``ImagePipelineOutput(images=...)``, or a tuple ``(images,)``.
+
+        Examples:
+            >>> from flashdit import FlashDiTPipeline
+            >>> from diffusers import UniPCMultistepScheduler
+            >>> pipe = FlashDiTPipeline.from_pretrained("runs/fashion_mnist/pipeline")
+            >>> seeds = [torch.Generator().manual_seed(i) for i in (0, 1)]  # one per image: batch-independent
+            >>> images = pipe(class_labels=["Bag", 7], generator=seeds).images
+            >>> pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)  # the sampler, in one line
+            >>> images = pipe(class_labels=["Bag"], num_inference_steps=8).images
         """
-        given = dict(
-            guidance_scale=guidance_scale,
-            num_inference_steps=num_inference_steps,
-            sampler=sampler,
-            guidance_interval=guidance_interval,
-            timestep_shift=timestep_shift,
-        )
+        # 1. settings (the stored ones under the call's), checked before any work, and the sampler
+        given = dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, sampler=sampler)
+        given |= dict(guidance_interval=guidance_interval, timestep_shift=timestep_shift)
         given = {k: v for k, v in given.items() if v is not None}  # diffusers callers pass None for "default"
         settings = SamplingSettings.from_dict(self.config.sampling).updated(**given, cfg_channels=cfg_channels)
         self.check_inputs(output_type, num_images_per_prompt, callback_on_step_end_tensor_inputs)
-        self._guidance_scale, self._interrupt = settings.guidance_scale, False
+        name, scheduler = self.resolve_sampler(settings.sampler if sampler not in (None, NOT_GIVEN) else NOT_GIVEN)
+        if scheduler is not None:
+            schedulers.effective_shift(scheduler, settings.timestep_shift)
+        self._guidance_scale, self._interrupt, self._model_evaluations = settings.guidance_scale, False, 0
+
+        # 2. labels, size and the initial noise (float32, drawn per image)
         device = self._execution_device
         labels = self._label_tensor(class_labels, device).repeat_interleave(num_images_per_prompt)
-        B = labels.shape[0]
         height, width = self._resolve_size(height, width)
-        C = self.transformer.config.in_channels
-        shape = (B, C, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if isinstance(generator, list) and len(generator) != B:
-            raise ValueError(f"got {len(generator)} generators for {B} images; pass one per image or one")
-
+        shape = (len(labels), self.transformer.config.in_channels)
+        shape += (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if isinstance(generator, list) and len(generator) != len(labels):
+            raise ValueError(f"got {len(generator)} generators for {len(labels)} images; pass one per image or one")
         latents = self.prepare_latents(shape, generator, latents, device)
 
-        # 2. time grid (t=0 noise -> t=1 data); the scheduler holds it in its own terms (sigma = 1 - t)
-        times = flow.time_grid(settings.num_inference_steps, settings.timestep_shift)
-        self.scheduler.set_timesteps(sigmas=(1 - times[:-1]).tolist(), device=device)
-        self._num_timesteps = settings.num_inference_steps
-        velocity = self._guided_velocity(settings, labels, autocast)
-
-        # 3. integrate with the sampler loop every path shares (flow.sample)
-        with self.progress_bar(total=self._num_timesteps) as progress:
-
-            def on_step(i: int, t: float, x: torch.Tensor) -> torch.Tensor:
-                if callback_on_step_end is not None:
-                    x = callback_on_step_end(self, i, t, {"latents": x}).pop("latents", x)
-                progress.update()
+        # 3. integrate
+        def callback(i: int, t: float, x: torch.Tensor) -> torch.Tensor:
+            if callback_on_step_end is None:
                 return x
+            return callback_on_step_end(self, i, t, {"latents": x}).pop("latents", x)
 
-            latents = flow.sample(
-                velocity, latents, times, settings.sampler, generator, on_step=on_step, stop=lambda: self.interrupt
-            )
-
+        velocity = self._guided_velocity(settings, labels, autocast)
+        latents = self.integrate(latents, velocity, settings, scheduler, generator, callback)
         if not torch.isfinite(latents).all():
             raise UserError(
                 "sampling produced NaN or inf values: the model's velocity overflowed (check the weights, or lower "
@@ -438,15 +508,11 @@ class FlashDiTPipeline(DiffusionPipeline):
             )
 
         # 4. decode
-        if output_type == "latent":
-            images = latents
-        else:
-            images = self.decode_latents(latents)
+        images = latents if output_type == "latent" else self.decode_latents(latents)
+        if output_type != "latent":
             images = self.image_processor.postprocess(images.float(), output_type=output_type)
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
 
 
 def check_weights_finite(pipe: FlashDiTPipeline, source: str) -> None:

@@ -27,7 +27,9 @@ class _NotGiven:
 
 
 NOT_GIVEN: Any = _NotGiven()
-SAMPLERS = ("euler", "heun", "sde")  # the integrators of flashdit.flow.step
+# Euler, Heun, DPM-Solver++(2M) and UniPC are diffusers' flow-matching schedulers (flashdit.schedulers); the SDE
+# sampler (SiT's Euler-Maruyama) is flashdit.flow's own
+SAMPLERS = ("euler", "heun", "dpm++", "unipc", "sde")
 
 
 def _flag(name: str, help: str, **argparse_kwargs) -> dict:
@@ -46,9 +48,9 @@ class SamplingSettings:
 
     Attributes:
         guidance_scale: classifier-free guidance scale (1.0 = no guidance).
-        num_inference_steps: integration steps over ``num_inference_steps + 1`` grid points from t=0 (noise) to
-            t=1 (data); Heun makes two model calls per step but the last (2·N - 1 in all).
-        sampler: ``"euler"``, ``"heun"`` or ``"sde"``.
+        num_inference_steps: integration steps from t=0 (noise) to t=1 (data): Euler, DPM-Solver++, UniPC and the
+            SDE make one model call per step, Heun two but the last (2·N - 1 in all); guidance doubles a call.
+        sampler: ``"euler"``, ``"heun"``, ``"dpm++"``, ``"unipc"`` (diffusers' flow schedulers) or ``"sde"``.
         guidance_interval: ``(low, high)``: guide only while ``low <= t <= high``.
         timestep_shift: ``s`` in ``t' = s·t / (1 + (s - 1)·t)``; 1.0 is no shift.
         cfg_channels: guide only the first N channels (DiT's quirk); None guides all.
@@ -62,7 +64,9 @@ class SamplingSettings:
     num_inference_steps: Annotated[Int, Interval(ge=1, le=MAX_STEPS)] = field(
         default=50, metadata=_flag("--steps", "integration steps", type=int, metavar="N")
     )
-    sampler: Literal[SAMPLERS] = field(default="euler", metadata=_flag("--sampler", "integrator", choices=SAMPLERS))
+    sampler: Literal[SAMPLERS] = field(
+        default="euler", metadata=_flag("--sampler", "sampler (scheduler)", choices=SAMPLERS)
+    )
     guidance_interval: tuple[Fraction, Fraction] = field(
         default=(0.0, 1.0),
         metadata=_flag(

@@ -227,7 +227,10 @@ def test_class_names_and_imagenet_labels():
         (dict(class_labels=[1], width=7), "width=7"),
         (dict(class_labels=[1, 2], generator=gens([0])), "one per image"),
         (dict(class_labels=[1], latents=torch.zeros(1, 1, 4, 4)), "latents must have shape"),
-        (dict(class_labels=[1], sampler="dpm"), "sampler='dpm' must be 'euler', 'heun' or 'sde'"),
+        (
+            dict(class_labels=[1], sampler="dpm"),
+            "sampler='dpm' must be 'euler', 'heun', 'dpm\\+\\+', 'unipc' or 'sde'",
+        ),
         (dict(class_labels=[1], num_inference_steps=0), "num_inference_steps=0 must be greater than or equal to 1"),
         (dict(class_labels=[1], output_type="jpg"), "output_type"),
         (dict(class_labels=[]), "empty"),
@@ -245,8 +248,8 @@ def test_bad_construction_is_a_value_error():
         latent_pipe(latents_mean=[0, 0, 0, 0])
     with pytest.raises(ValueError, match="outside"):
         FlashDiTPipeline(tiny_transformer(), FlowMatchEulerDiscreteScheduler(), id2label={12: "x"})
-    with pytest.raises(ValueError, match="shift=1.0"):
-        FlashDiTPipeline(tiny_transformer(), FlowMatchEulerDiscreteScheduler(shift=3.0))(1)
+    with pytest.raises(ValueError, match=r"its own shift=3.0, and timestep_shift=0.5 asks for shift=2"):
+        FlashDiTPipeline(tiny_transformer(), FlowMatchEulerDiscreteScheduler(shift=3.0))(1, timestep_shift=0.5)
 
 
 def test_bfloat16_pipeline_follows_the_float32_one():

@@ -1,0 +1,178 @@
+"""The scheduler is the sampler: diffusers' flow-matching schedulers driven by FlashDiTPipeline
+(flashdit/schedulers.py)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from test_pipeline import gens, pixel_pipe
+
+from flashdit import flow, schedulers
+from flashdit.pipeline import FlashDiTPipeline
+
+SWAPS = {
+    "euler": FlowMatchEulerDiscreteScheduler,
+    "heun": FlowMatchHeunDiscreteScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+
+
+class GaussianVelocity(ModelMixin, ConfigMixin):
+    """The exact velocity of the linear path from N(0, 1) noise to N(mu, s^2) data, per pixel: trajectories are
+    curved (s != 1), and ``x_t = t·mu + sigma_t·z`` with ``sigma_t = sqrt((1 - t)^2 + t^2 s^2)`` solves the ODE, so
+    ``x_1 = mu + s·(x_t0 - t0·mu) / sigma_t0`` is the exact end of a trajectory started at ``x_t0``."""
+
+    @register_to_config
+    def __init__(self, in_channels=2, num_classes=3, patch_size=1, sample_size=2, mu=0.7, s=0.3):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.calls = 0
+
+    def sigma(self, t):
+        s = self.config.s
+        return ((1 - t) ** 2 + t**2 * s**2).sqrt(), (-(1 - t) + t * s**2) / ((1 - t) ** 2 + t**2 * s**2).sqrt()
+
+    def forward(self, hidden_states, timestep, class_labels, return_dict=True):
+        self.calls += 1
+        t = timestep.double().view(-1, 1, 1, 1)
+        sig, dsig = self.sigma(t)
+        x, mu = hidden_states.double(), self.config.mu
+        return Transformer2DModelOutput(sample=(mu + dsig / sig * (x - t * mu)).float())
+
+    def exact_end(self, x, t0: float):
+        sig, _ = self.sigma(torch.tensor(t0, dtype=torch.float64))
+        return self.config.mu + self.config.s * (x.double() - t0 * self.config.mu) / sig
+
+
+def gaussian_pipe(scheduler=None):
+    pipe = FlashDiTPipeline(GaussianVelocity(), scheduler or FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def swapped(pipe, name):
+    """diffusers' one-line swap, exactly as a user writes it."""
+    pipe.scheduler = SWAPS[name].from_config(pipe.scheduler.config)
+    return pipe
+
+
+@pytest.mark.parametrize("name", list(SWAPS))
+def test_the_one_line_swap_samples_with_that_scheduler(name):
+    pipe = swapped(pixel_pipe(sampling=dict(num_inference_steps=4, guidance_scale=2.0)), name)
+    assert schedulers.sampler_name(pipe.scheduler) == name
+    out = pipe([1, 2], generator=gens([0, 1]), output_type="np").images
+    assert out.shape == (2, 8, 8, 1) and np.isfinite(out).all()
+    assert pipe.num_timesteps == len(pipe.scheduler.timesteps) == (7 if name == "heun" else 4)  # Heun: 2N - 1
+    assert pipe.num_model_evaluations == 2 * pipe.num_timesteps  # guided everywhere: two halves each
+
+
+@pytest.mark.parametrize("name", list(SWAPS))
+def test_each_image_depends_only_on_its_seed_whatever_the_batch(name):
+    pipe = swapped(pixel_pipe(sampling=dict(num_inference_steps=5, guidance_scale=2.0)), name)
+    batch = pipe([1, 2, 3], generator=gens([10, 11, 12]), output_type="pt").images
+    alone = pipe([3], generator=gens([12]), output_type="pt").images
+    torch.testing.assert_close(alone[0], batch[2], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(SWAPS))
+def test_a_swapped_scheduler_survives_save_and_load_and_becomes_the_stored_sampler(name, tmp_path):
+    pipe = swapped(pixel_pipe(sampling=dict(num_inference_steps=4, sampler="euler")), name)
+    want = pipe([3], generator=gens([0]), output_type="pt").images
+    pipe.save_pretrained(tmp_path)
+    loaded = FlashDiTPipeline.from_pretrained(tmp_path)
+    assert type(loaded.scheduler) is SWAPS[name] and loaded.config.sampling["sampler"] == name
+    assert {k: v for k, v in loaded.scheduler.config.items() if not k.startswith("_")} == {
+        k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")
+    }
+    torch.testing.assert_close(loaded([3], generator=gens([0]), output_type="pt").images, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "name, order",
+    [("euler", 1.0), ("heun", 2.0), ("dpm++", 2.0), ("unipc", 2.0)],
+)
+def test_each_scheduler_is_its_own_step_and_converges_at_its_order(name, order):
+    """On a known velocity field the pipeline's result is the scheduler's own ``step`` loop, and its error against
+    the exact end of each trajectory falls by 2^order when the steps double."""
+    x = torch.randn(64, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    errors = []
+    for n in (10, 20):
+        pipe = gaussian_pipe(schedulers.scheduler_for(name, FlowMatchEulerDiscreteScheduler().config))
+        out = pipe([0] * 64, latents=x, num_inference_steps=n, output_type="latent").images
+        # the scheduler's own loop, written out, on the same field (diffusers' flow output: noise - data = -v)
+        scheduler = schedulers.scheduler_for(name, FlowMatchEulerDiscreteScheduler().config)
+        times = schedulers.set_timesteps(scheduler, n, 1.0, "cpu")
+        model, y, own = GaussianVelocity(), torch.zeros(64, dtype=torch.long), x.clone()
+        for timestep, t in zip(scheduler.timesteps, times):
+            v = model(own, torch.full((64,), t), y).sample
+            own = scheduler.step(-v, timestep, own, return_dict=False)[0]
+        torch.testing.assert_close(out, own, atol=1e-6, rtol=0)
+        errors.append((out.double() - model.exact_end(x, times[0])).abs().max().item())
+    observed = math.log2(errors[0] / errors[1])
+    assert observed > order - 0.3, (name, errors, observed)
+
+
+def test_euler_through_the_scheduler_is_the_flow_modules_euler():
+    pipe = gaussian_pipe()
+    x = torch.randn(8, 2, 2, 2, generator=torch.Generator().manual_seed(1))
+    got = pipe([0] * 8, latents=x, num_inference_steps=7, timestep_shift=0.4, output_type="latent").images
+    model = GaussianVelocity()
+    want = flow.sample(lambda z, t: model(z, t, torch.zeros(8, dtype=torch.long)).sample, x, flow.time_grid(7, 0.4))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_guidance_interval_and_shift_keep_their_meaning_across_schedulers():
+    for name in SWAPS:
+        pipe = swapped(gaussian_pipe(), name)
+        pipe.transformer.calls = 0
+        pipe([0], num_inference_steps=8, guidance_scale=3.0, guidance_interval=(0.1, 0.8), timestep_shift=0.5)
+        times = schedulers.set_timesteps(pipe.scheduler, 8, 0.5, "cpu")
+        guided = [t for t in times if 0.1 <= t <= 0.8]
+        assert pipe.num_model_evaluations == len(times) + len(guided)  # a guided evaluation counts twice
+        assert pipe.transformer.calls == len(times)  # one batched call each: the two halves share it
+        assert 0 < len(guided) < len(times)
+    # the pipeline's timestep_shift is diffusers' shift 1/s: the same grid either way, and FlashDiT's own
+    for cls in (FlowMatchEulerDiscreteScheduler, DPMSolverMultistepScheduler):
+        key, flow_kw = (
+            ("shift", {}) if cls is FlowMatchEulerDiscreteScheduler else ("flow_shift", schedulers.FLOW_CONFIG)
+        )
+        a = schedulers.set_timesteps(cls(**flow_kw), 6, 0.5, "cpu")
+        b = schedulers.set_timesteps(cls(**{key: 2.0}, **flow_kw), 6, 1.0, "cpu")
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_schedulers_that_do_not_integrate_a_flow_or_disagree_on_the_shift_are_refused():
+    pipe = pixel_pipe(sampling=dict(num_inference_steps=2))
+    pipe.scheduler = DDPMScheduler()
+    with pytest.raises(ValueError, match="DDPMScheduler, which does not integrate a flow; use FlowMatchEuler"):
+        pipe([1])
+    pipe.scheduler = UniPCMultistepScheduler()  # noise prediction, as diffusers builds it by default
+    with pytest.raises(ValueError, match="prediction_type='epsilon'.*from_config\\(pipe.scheduler.config"):
+        pipe([1])
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    with pytest.raises(ValueError, match=r"own shift=3.0, and timestep_shift=0.5 asks for shift=2 .*: set one of them to 1"):
+        pipe([1], timestep_shift=0.5)
+    pipe([1], timestep_shift=1 / 3.0)  # the same shift twice is one shift
+    pipe([1])  # the scheduler's own shift alone
+
+
+def test_the_stored_sampler_and_the_call_argument_choose_the_scheduler_and_sde_stays_flashdits_own():
+    pipe = pixel_pipe(sampling=dict(num_inference_steps=3, sampler="unipc"))
+    assert isinstance(pipe.resolve_sampler()[1], UniPCMultistepScheduler)  # made from pipe.scheduler's config
+    assert isinstance(pipe.resolve_sampler("heun")[1], FlowMatchHeunDiscreteScheduler)
+    assert pipe.resolve_sampler("sde") == ("sde", None)
+    out = pipe([1], sampler="sde", generator=gens([0]), output_type="np").images
+    assert np.isfinite(out).all() and pipe.num_timesteps == 3
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)  # a call never replaces pipe.scheduler
