@@ -162,7 +162,7 @@ def test_schedulers_that_do_not_integrate_a_flow_or_disagree_on_the_shift_are_re
     with pytest.raises(ValueError, match="prediction_type='epsilon'.*from_config\\(pipe.scheduler.config"):
         pipe([1])
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    with pytest.raises(ValueError, match=r"own shift=3.0, and timestep_shift=0.5 asks for shift=2 .*: set one of them to 1"):
+    with pytest.raises(ValueError, match=r"own shift=3.0, and timestep_shift=0.5 asks for shift=2 .*: set one"):
         pipe([1], timestep_shift=0.5)
     pipe([1], timestep_shift=1 / 3.0)  # the same shift twice is one shift
     pipe([1])  # the scheduler's own shift alone
