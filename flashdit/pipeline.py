@@ -3,7 +3,6 @@ a diffusers ``AutoencoderKL`` or directly in pixel space, at any resolution the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -21,7 +20,6 @@ from diffusers import (
 )
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import constants as diffusers_constants
-from diffusers.utils import logging as diffusers_logging
 from filelock import FileLock
 
 from . import flow, schedulers
@@ -81,19 +79,6 @@ def _modules_cache_lock() -> FileLock:
     cache = Path(diffusers_constants.HF_MODULES_CACHE)
     cache.mkdir(parents=True, exist_ok=True)
     return FileLock(cache / "flashdit.lock")
-
-
-@contextlib.contextmanager
-def _quiet_config_warnings():
-    """diffusers warns that a FlowMatch scheduler's config carries keys it ignores; ours carries the flow keys on
-    purpose (see ``FlashDiTPipeline.__init__``), so loading a pipeline does not warn about them."""
-    logger = diffusers_logging.get_logger("diffusers.configuration_utils")
-    level = logger.level
-    logger.setLevel(diffusers_logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 class FlashDiTPipeline(DiffusionPipeline):
@@ -201,7 +186,7 @@ class FlashDiTPipeline(DiffusionPipeline):
                 )
             if Path(path).is_dir() and _carries_own_remote_code(Path(path)):
                 kwargs["trust_remote_code"] = True
-        with _modules_cache_lock(), _quiet_config_warnings():
+        with _modules_cache_lock(), schedulers.quiet_config_warnings():
             pipe = super().from_pretrained(path, **kwargs)
         check_weights_finite(pipe, str(pretrained_model_name_or_path))
         return pipe

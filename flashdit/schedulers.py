@@ -21,6 +21,7 @@ from diffusers import (
     FlowMatchHeunDiscreteScheduler,
     UniPCMultistepScheduler,
 )
+from diffusers.utils import logging as diffusers_logging
 
 from . import flow
 from .errors import UserError
@@ -78,10 +79,24 @@ def sampler_name(scheduler) -> str:
     return name
 
 
+@contextlib.contextmanager
+def quiet_config_warnings() -> Iterator[None]:
+    """diffusers warns that a FlowMatch scheduler's config carries keys it ignores; a FlashDiT pipeline's carries the
+    flow keys on purpose (``FlashDiTPipeline.__init__``), so loading it or making a scheduler from it does not warn."""
+    logger = diffusers_logging.get_logger("diffusers.configuration_utils")
+    level = logger.level
+    logger.setLevel(diffusers_logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def scheduler_for(name: str, config) -> object:
     """A scheduler for sampler ``name`` from another scheduler's config (diffusers' ``from_config``), flow-matching."""
     cls = SCHEDULERS[name]
-    return cls.from_config(config, **(FLOW_CONFIG if issubclass(cls, _MULTISTEP) else {}))
+    with quiet_config_warnings():
+        return cls.from_config(config, **(FLOW_CONFIG if issubclass(cls, _MULTISTEP) else {}))
 
 
 def _shift_key(scheduler) -> str:

@@ -1,0 +1,205 @@
+"""The few-step ladder: how few model evaluations per image give the stored setting's quality, scheduler by scheduler
+(docs/few_step.md).
+
+For each of diffusers' flow schedulers (Euler, Heun, DPM-Solver++ 2M, UniPC) and each budget of 4, 6, 8, 12, 16 and
+32 model evaluations per image, the most integration steps that fit the budget (a guided evaluation counts twice; the
+guidance interval saves some) are scored like every other quality figure: ``eval_fid.py`` on 2,000 samples, FID and
+KID against 2,000 real test images, the judge's class accuracy. The pipeline's stored guidance, interval and shift
+are used throughout; the stored setting itself (Euler, 32 steps) is the baseline row. Then images/s of the chosen
+few-step setting against the stored one, timed round robin in one process.
+
+    python -m scripts.few_step --model runs/fashion_mnist/pipeline        # resumable: finished points are kept
+    python -m scripts.few_step --model ... --report-only                  # docs/few_step.md tables and the plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "few_step"
+REFERENCE = "refs/fashion_mnist_test_2000.npz"
+SCHEDULERS = ("euler", "heun", "dpm++", "unipc")
+BUDGETS = (4, 6, 8, 12, 16, 32)
+
+
+def steps_for(pipe, sampler: str, budget: int) -> tuple[int, int] | None:
+    """The most integration steps whose model evaluations per image fit ``budget``: ``(steps, evaluations)``."""
+    from flashdit import flow, schedulers
+    from flashdit.settings import SamplingSettings
+
+    settings = SamplingSettings.from_dict(pipe.config.sampling)
+    guidance = flow.Guidance(settings.guidance_scale, settings.guidance_interval, settings.cfg_channels)
+    best = None
+    for n in range(1, budget + 1):
+        _, scheduler = pipe.resolve_sampler(sampler)
+        times = schedulers.set_timesteps(scheduler, n, settings.timestep_shift, "cpu")
+        nfe = schedulers.model_evaluations(times, guidance)
+        if nfe <= budget:
+            best = (n, nfe)
+    return best
+
+
+def score(model: str, sampler: str, steps: int, n: int, work: Path) -> dict:
+    record = DOCS / f"{sampler}_{steps}steps_n{n}.json"
+    if not record.is_file():
+        out = work / f"{sampler}_{steps}steps_n{n}"
+        cmd = [sys.executable, "eval_fid.py", "--model", model, "--num-samples", str(n), "--reference", REFERENCE]
+        cmd += [
+            "--metrics",
+            "fid",
+            "kid",
+            "--classifier",
+            "fashion-mnist",
+            "--sampler",
+            sampler,
+            "--steps",
+            str(steps),
+        ]
+        cmd += ["--out", str(out), "--quiet", "--batch-size", "100", "--kid-subset-size", str(min(n, 1000))]
+        print("$", " ".join(cmd[1:]), flush=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        with open(out.with_suffix(".log"), "a") as log:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode:
+            raise SystemExit(f"few_step: eval_fid.py failed ({proc.returncode}); see {out.with_suffix('.log')}")
+        report = json.loads((out / "metrics.json").read_text())
+        DOCS.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"command": " ".join(cmd[1:]), **report}, indent=1))
+    return json.loads(record.read_text())
+
+
+def speed(model: str, settings: list[tuple[str, int]], args) -> dict:
+    """Images/s of each (sampler, steps), round robin in one process (batch 100, the stored guidance)."""
+    import torch
+
+    from bench.common import setup, time_round_robin
+    from flashdit.pipeline import load_pipeline
+
+    path = DOCS / "speed.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    keys = [f"{s} {n}" for s, n in settings]
+    if all(k in done for k in keys):
+        return done
+    machine = setup(2)
+    pipe = load_pipeline(model, "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    labels = [i % 10 for i in range(args.speed_batch)]
+
+    def call(sampler, steps):
+        def run():
+            gens = [torch.Generator().manual_seed(i) for i in range(len(labels))]
+            pipe(labels, sampler=sampler, num_inference_steps=steps, generator=gens, output_type="np")
+
+        return run
+
+    seconds = time_round_robin({k: call(s, n) for k, (s, n) in zip(keys, settings)}, repeats=args.speed_repeats)
+    done = {k: {"images_per_second": args.speed_batch / s, "machine": machine} for k, s in seconds.items()}
+    path.write_text(json.dumps(done, indent=1))
+    return done
+
+
+def report(rows: list[dict], baseline: dict | None, speeds: dict) -> Path:
+    lines = [
+        "| scheduler | budget | steps | evaluations per image | FID-2k | KID | class accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    if baseline:
+        m = baseline["metrics"]
+        lines.append(
+            f"| stored setting (euler) | — | {baseline['steps']} | {baseline['nfe']} | {m['fid']:.1f} "
+            f"| {m['kid_mean']:.4f} | {m['class_accuracy']:.3f} |"
+        )
+    for r in rows:
+        m = r["metrics"]
+        lines.append(
+            f"| {r['sampler']} | {r['budget']} | {r['steps']} | {r['nfe']} | {m['fid']:.1f} | {m['kid_mean']:.4f} "
+            f"| {m['class_accuracy']:.3f} |"
+        )
+    if speeds:
+        lines += ["", "| setting | images/s (batch, 2 CPU cores) |", "|---|---|"]
+        lines += [f"| {k} steps | {v['images_per_second']:.1f} |" for k, v in speeds.items()]
+    table = DOCS / "tables.md"
+    table.write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return table
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for sampler in SCHEDULERS:
+        pts = sorted((r["nfe"], r["metrics"]["fid"]) for r in rows if r["sampler"] == sampler)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=sampler)
+    if baseline:
+        ax.axhline(
+            baseline["metrics"]["fid"], color="grey", ls="--", label=f"stored setting ({baseline['nfe']} evals)"
+        )
+        ax.axhline(1.1 * baseline["metrics"]["fid"], color="grey", ls=":", label="+10 %")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("model evaluations per image (a guided one counts twice)")
+    ax.set_ylabel("FID-2k")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(ROOT / "docs" / "images" / "few_step_fid.png")
+    return table
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="runs/fashion_mnist/pipeline")
+    p.add_argument("--num-samples", type=int, default=2000)
+    p.add_argument("--schedulers", nargs="*", default=list(SCHEDULERS), choices=SCHEDULERS)
+    p.add_argument("--budgets", type=int, nargs="*", default=list(BUDGETS))
+    p.add_argument("--work", default="runs/few_step")
+    p.add_argument("--speed", nargs="*", default=[], metavar="SAMPLER:STEPS", help="time these against the stored")
+    p.add_argument("--speed-batch", type=int, default=100)
+    p.add_argument("--speed-repeats", type=int, default=3)
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    from flashdit import flow, schedulers
+    from flashdit.pipeline import load_pipeline
+    from flashdit.settings import SamplingSettings
+
+    pipe = load_pipeline(args.model, "cpu")
+    stored = SamplingSettings.from_dict(pipe.config.sampling)
+    work = ROOT / args.work
+    rows = []
+    guidance = flow.Guidance(stored.guidance_scale, stored.guidance_interval, stored.cfg_channels)
+    _, base_scheduler = pipe.resolve_sampler("euler")
+    times = schedulers.set_timesteps(base_scheduler, stored.num_inference_steps, stored.timestep_shift, "cpu")
+    base_nfe = schedulers.model_evaluations(times, guidance)
+    record = DOCS / f"euler_{stored.num_inference_steps}steps_n{args.num_samples}.json"
+    if not args.report_only or record.is_file():
+        base = score(args.model, "euler", stored.num_inference_steps, args.num_samples, work)
+        baseline = {**base, "steps": stored.num_inference_steps, "nfe": base_nfe}
+    else:
+        baseline = None
+    for budget in args.budgets:
+        for sampler in args.schedulers:
+            fit = steps_for(pipe, sampler, budget)
+            if fit is None:
+                continue
+            steps, nfe = fit
+            path = DOCS / f"{sampler}_{steps}steps_n{args.num_samples}.json"
+            if args.report_only and not path.is_file():
+                continue
+            result = score(args.model, sampler, steps, args.num_samples, work)
+            rows.append({"sampler": sampler, "budget": budget, "steps": steps, "nfe": nfe, **result})
+            print(f"== {sampler} {steps} steps ({nfe} evaluations): FID {result['metrics']['fid']:.2f}")
+    settings = [("euler", stored.num_inference_steps)] + [(s.split(":")[0], int(s.split(":")[1])) for s in args.speed]
+    speeds = speed(args.model, settings, args) if args.speed else {}
+    print(f"wrote {report(rows, baseline, speeds)}")
+
+
+if __name__ == "__main__":
+    main()
