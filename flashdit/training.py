@@ -31,7 +31,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import flow
+from . import flow, schedulers
 from .checkpoint import (
     check_checkpoint,
     check_resumable,
@@ -395,9 +395,11 @@ def make_pipeline(transformer, info: dict, cfg: ExperimentConfig, vae=None) -> F
     if info.get("vae") and vae is None:
         vae = AutoencoderKL.from_pretrained(info["vae"]["source"], subfolder=info["vae"].get("subfolder"))
     stats = info.get("stats")
+    sampler = cfg.sample.sampler
+    scheduler = FlowMatchEulerDiscreteScheduler()  # the SDE sampler is FlashDiT's own; the others are schedulers
     return FlashDiTPipeline(
         transformer,
-        FlowMatchEulerDiscreteScheduler(),
+        scheduler if sampler == "sde" else schedulers.scheduler_for(sampler, scheduler.config),
         vae=vae,
         id2label=dict(enumerate(info["class_names"])),
         latents_mean=stats[0] if stats else None,

@@ -176,3 +176,18 @@ def test_the_stored_sampler_and_the_call_argument_choose_the_scheduler_and_sde_s
     out = pipe([1], sampler="sde", generator=gens([0]), output_type="np").images
     assert np.isfinite(out).all() and pipe.num_timesteps == 3
     assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)  # a call never replaces pipe.scheduler
+
+
+def test_an_exported_pipeline_carries_the_recipes_sampler_as_its_scheduler():
+    from test_pipeline import tiny_transformer
+
+    from flashdit.config import load_config
+    from flashdit.training import make_pipeline
+
+    info = dict(class_names=[str(i) for i in range(10)])
+    for sampler, cls in SWAPS.items():
+        pipe = make_pipeline(tiny_transformer(), info, load_config(None, [f"sample.sampler={sampler}"]))
+        assert type(pipe.scheduler) is cls and schedulers.sampler_name(pipe.scheduler) == sampler
+        assert pipe.config.sampling["sampler"] == sampler
+    sde = make_pipeline(tiny_transformer(), info, load_config(None, ["sample.sampler=sde"]))
+    assert sde.resolve_sampler() == ("sde", None)
