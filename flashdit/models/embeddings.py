@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+from diffusers.models.modeling_utils import get_parameter_dtype
 from torch import nn
 
 
@@ -40,7 +41,9 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         freq = timestep_embedding(t, self.frequency_embedding_size)
-        return self.mlp(freq.to(self.mlp[0].weight.dtype))
+        # the dtype the MLP computes in: under diffusers' layerwise casting its stored weights are in the storage
+        # dtype (e.g. float8) and become the compute dtype only inside the layer's forward
+        return self.mlp(freq.to(get_parameter_dtype(self.mlp)))
 
 
 class LabelEmbedder(nn.Module):

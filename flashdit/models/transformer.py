@@ -13,7 +13,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.modeling_utils import ModelMixin, get_parameter_dtype
 from torch import nn
 
 from .embeddings import LabelEmbedder, TimestepEmbedder, rope_tables_2d, sincos_pos_embed_2d
@@ -148,10 +148,19 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         conv_init: depthwise-conv weights: ``"pytorch"`` (PyTorch's default Kaiming-uniform, bias uniform) or
             ``"xavier"`` (Xavier-uniform, zero bias, as the official FlashDiT release; about 4.6x smaller at
             width 128, so the convolution no longer dominates the attention branch at init).
+
+    Layerwise casting (``model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+    compute_dtype=torch.bfloat16)``) stores the linear, convolution and embedding weights of the blocks and the final
+    layer in ``storage_dtype`` and computes in ``compute_dtype``; the patch, timestep and label embeddings and the
+    norms (``_skip_layerwise_casting_patterns``) keep the model's own dtype, as diffusers' DiT and SD3 keep theirs.
+    The output is in ``compute_dtype``.
     """
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["FlashDiTBlock"]
+    # precision-critical layers that layerwise casting leaves alone: the patch embedding, the timestep and label
+    # embeddings (the conditioning every modulation reads) and every RMSNorm (norm1/2, q/k_norm, norm_final)
+    _skip_layerwise_casting_patterns = ["x_embedder", "t_embedder", "y_embedder", "norm"]
 
     @register_to_config
     def __init__(
@@ -358,14 +367,17 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         p = self.config.patch_size
         h, w = H // p, W // p
 
-        # 1. embed patches, timestep and label
-        x = self.x_embedder(hidden_states.to(self.x_embedder.proj.weight.dtype))  # (B, h, w, D)
+        # 1. embed patches, timestep and label. Each input goes in the dtype its layer computes in, and the residual
+        #    stream and the conditioning leave in the blocks' compute dtype: under layerwise casting the stored
+        #    weights are in the storage dtype, and the skipped embeddings may keep a wider dtype than the blocks.
+        dtype = get_parameter_dtype(self.blocks[0].adaLN_modulation)
+        x = self.x_embedder(hidden_states.to(get_parameter_dtype(self.x_embedder))).to(dtype)  # (B, h, w, D)
         if self.use_sincos:
             x = x + sincos_pos_embed_2d(self.config.hidden_size, h, w).to(x)
         rope = None
         if self.use_rope:
             rope = rope_tables_2d(self.config.hidden_size // self.config.num_heads, h, w, device=x.device)
-        c = self.t_embedder(timestep) + self.y_embedder(class_labels)  # (B, D)
+        c = (self.t_embedder(timestep) + self.y_embedder(class_labels)).to(dtype)  # (B, D)
 
         # 2. blocks
         for block in self.blocks:

@@ -1,0 +1,110 @@
+"""FlashDiTTransformer2DModel under diffusers' model conventions, used as a diffusers user would: layerwise casting,
+``torch.compile`` (whole model and regional), the attention-processor API."""
+
+import copy
+
+import pytest
+import torch
+
+from flashdit import FlashDiTTransformer2DModel
+from flashdit.models.norms import RMSNorm
+
+TINY = dict(sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=10)
+
+
+def tiny(**kwargs):
+    torch.manual_seed(0)
+    model = FlashDiTTransformer2DModel(**{**TINY, **kwargs}).eval()
+    # leave adaLN-Zero's all-zero start behind, so every layer carries signal
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def inputs(B=2, H=8, W=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 3, H, W, generator=g), torch.rand(B, generator=g), torch.randint(0, 11, (B,), generator=g)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want.float()).norm() / want.float().norm()).item()
+
+
+# ---------------------------------------------------------------------------------------- layerwise casting
+
+
+def kept_in_model_dtype(model: torch.nn.Module) -> set[str]:
+    """The parameters layerwise casting must leave alone: the patch, timestep and label embeddings and the norms."""
+    kept = set()
+    for module_name, module in model.named_modules():
+        for name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}"
+            if isinstance(module, RMSNorm) or full.split(".")[0] in ("x_embedder", "t_embedder", "y_embedder"):
+                kept.add(full)
+    return kept
+
+
+def rounded_through(model: torch.nn.Module, storage: torch.dtype) -> torch.nn.Module:
+    """The float32 model whose cast weights are rounded to ``storage`` and back: what layerwise casting with float32
+    compute must compute, up to float32 summation order."""
+    ref = copy.deepcopy(model)
+    kept = kept_in_model_dtype(ref)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name not in kept:
+                p.copy_(p.to(storage).float())
+    return ref
+
+
+@pytest.mark.parametrize(
+    "storage,compute,model_dtype,tolerance",
+    [
+        # float8 e4m3 rounds each weight by up to 2^-4 (6.25 %); measured 2.5-3.6 % on this model
+        (torch.float8_e4m3fn, torch.float32, torch.float32, 0.1),
+        (torch.float8_e4m3fn, torch.bfloat16, torch.float32, 0.1),
+        # bfloat16 rounds by up to 2^-9 (0.2 %) per weight, and per activation when it computes too
+        (torch.bfloat16, torch.float32, torch.float32, 0.02),
+        (torch.bfloat16, torch.bfloat16, torch.float32, 0.03),
+        (torch.bfloat16, torch.bfloat16, torch.bfloat16, 0.03),
+    ],
+)
+@pytest.mark.parametrize("mixer", ["iwin", "attention"])
+def test_layerwise_casting_stores_low_and_computes_close_to_float32(storage, compute, model_dtype, tolerance, mixer):
+    kwargs = dict(mixer="attention", kernel_size=None, pos_embed="sincos+rope") if mixer == "attention" else {}
+    model = tiny(**kwargs)
+    x, t, y = inputs()
+    with torch.no_grad():
+        want = model(x, t, y).sample
+    cast = copy.deepcopy(model).to(model_dtype)
+    cast.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
+
+    kept = kept_in_model_dtype(cast)
+    assert kept and len(kept) < len(dict(cast.named_parameters()))
+    for name, p in cast.named_parameters():
+        assert p.dtype == (model_dtype if name in kept else storage), name
+    assert cast.dtype == compute
+    with torch.no_grad():
+        got = cast(x, t, y).sample
+    assert got.dtype == compute and torch.isfinite(got).all()
+    assert relative_error(got, want) < tolerance
+    for name, p in cast.named_parameters():  # the forward casts back to storage
+        assert p.dtype == (model_dtype if name in kept else storage), name
+    if compute == torch.float32:  # exactly the rounded weights, computed in float32
+        with torch.no_grad():
+            torch.testing.assert_close(got, rounded_through(model, storage)(x, t, y).sample, rtol=1e-4, atol=1e-5)
+
+
+def test_layerwise_casting_through_the_hook_function_with_its_default_patterns():
+    """``diffusers.hooks.apply_layerwise_casting`` with its own defaults casts the patch and timestep embeddings too;
+    each still gets its input in the dtype it computes in."""
+    from diffusers.hooks import apply_layerwise_casting
+
+    model = tiny()
+    x, t, y = inputs()
+    cast = copy.deepcopy(model)
+    apply_layerwise_casting(cast, storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    assert cast.x_embedder.proj.weight.dtype == torch.float8_e4m3fn
+    assert cast.t_embedder.mlp[0].weight.dtype == torch.float8_e4m3fn
+    with torch.no_grad():
+        assert relative_error(cast(x, t, y).sample, model(x, t, y).sample) < 0.1
