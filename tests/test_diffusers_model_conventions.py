@@ -108,3 +108,84 @@ def test_layerwise_casting_through_the_hook_function_with_its_default_patterns()
     assert cast.t_embedder.mlp[0].weight.dtype == torch.float8_e4m3fn
     with torch.no_grad():
         assert relative_error(cast(x, t, y).sample, model(x, t, y).sample) < 0.1
+
+
+# ---------------------------------------------------------------------------------------- torch.compile
+
+CONFIGS = {
+    "iwin": {},  # 4x4 tokens in 4x4 windows: the fused in-place scatter-and-sum in eager
+    "iwin-padded": dict(sample_size=12, window_size=4),  # 6x6 tokens: padded windows, key mask
+    "window": dict(mixer="window", window_size=2),
+    "official": dict(modulation="flashdit-official", window_size=2),
+    "lightningdit": dict(mixer="attention", kernel_size=None, pos_embed="sincos+rope"),
+    "conv": dict(mixer="conv", pos_embed="sincos"),
+}
+
+
+class GraphCounter:
+    """A ``torch.compile`` backend that runs each captured graph as it is and counts the graphs."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs):
+        self.graphs += 1
+        return gm.forward
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_fullgraph_compile_without_gradients_equals_eager(name):
+    """Inference (``torch.no_grad``) compiles in one graph: fullgraph=True fails on any graph break, whatever the
+    backend."""
+    model = tiny(**CONFIGS[name])
+    S = model.config.sample_size
+    x, t, y = inputs(H=S, W=S)
+    counter = GraphCounter()
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    with torch.no_grad():
+        want = model(x, t, y).sample
+        torch.testing.assert_close(compiled(x, t, y).sample, want, rtol=1e-5, atol=1e-5)
+        assert torch._dynamo.explain(model)(x, t, y).graph_break_count == 0
+    assert counter.graphs == 1
+
+
+@pytest.mark.parametrize("name", ["iwin", "iwin-padded", "official"])
+def test_fullgraph_compile_trains_like_eager(name):
+    """A training forward and backward through ``torch.compile(fullgraph=True)`` (AOTAutograd, as inductor uses it)
+    gives eager's loss and every parameter's gradient."""
+    model = tiny(**CONFIGS[name], class_dropout_prob=0.0).train()
+    S = model.config.sample_size
+    x, t, y = inputs(H=S, W=S)
+
+    def loss_and_grads(module):
+        model.zero_grad()
+        loss = (module(x, t, y).sample - x).square().mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    want_loss, want_grads = loss_and_grads(model)
+    got_loss, got_grads = loss_and_grads(torch.compile(model, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+    for n, g in want_grads.items():
+        torch.testing.assert_close(got_grads[n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_compile_repeated_blocks_compiles_each_block_once_for_all():
+    """diffusers' regional compilation finds the blocks through ``_repeated_blocks``; the blocks share one graph."""
+    model = tiny(depth=3, class_dropout_prob=0.0)
+    x, t, y = inputs()
+    with torch.no_grad():
+        want = model(x, t, y).sample
+    counter = GraphCounter()
+    model.compile_repeated_blocks(fullgraph=True, backend=counter)
+    assert all(block._compiled_call_impl is not None for block in model.blocks)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y).sample, want, rtol=1e-5, atol=1e-5)
+    assert counter.graphs == 1

@@ -374,7 +374,10 @@ class IwinMixer(nn.Module):
         if self.conv is None:
             return self.attn(x, rope)
         windows, grid = self.attn.windows(x, rope)
-        if grid.padded:
+        if grid.padded or torch.compiler.is_compiling():
+            # under torch.compile the compiler fuses the scatter into the sum itself, and Dynamo cannot trace the
+            # in-place autograd.Function without gradients (ctx.mark_dirty outside apply): the functional sum keeps
+            # the graph whole
             return grid.scatter(windows) + self.conv(x)
         # the window scatter and the branch sum in one pass, into the convolution's output
         return _AddWindows.apply(self.conv.conv_nchw(x), windows, grid).permute(0, 2, 3, 1)

@@ -154,10 +154,16 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     layer in ``storage_dtype`` and computes in ``compute_dtype``; the patch, timestep and label embeddings and the
     norms (``_skip_layerwise_casting_patterns``) keep the model's own dtype, as diffusers' DiT and SD3 keep theirs.
     The output is in ``compute_dtype``.
+
+    ``torch.compile(model, fullgraph=True)`` traces the whole forward without graph breaks, with or without
+    gradients; ``model.compile_repeated_blocks(fullgraph=True)`` compiles only the repeated :class:`FlashDiTBlock`
+    (``_repeated_blocks``), which compiles once for all of them.
     """
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["FlashDiTBlock"]
+    # diffusers' regional compilation (compile_repeated_blocks) compiles each block, one graph for all of them
+    _repeated_blocks = ["FlashDiTBlock"]
     # precision-critical layers that layerwise casting leaves alone: the patch embedding, the timestep and label
     # embeddings (the conditioning every modulation reads) and every RMSNorm (norm1/2, q/k_norm, norm_final)
     _skip_layerwise_casting_patterns = ["x_embedder", "t_embedder", "y_embedder", "norm"]
