@@ -5,8 +5,10 @@ import copy
 
 import pytest
 import torch
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from flashdit import FlashDiTTransformer2DModel
+from flashdit.models.mixer import WindowAttnProcessor
 from flashdit.models.norms import RMSNorm
 
 TINY = dict(sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=10)
@@ -189,3 +191,97 @@ def test_compile_repeated_blocks_compiles_each_block_once_for_all():
     with torch.no_grad():
         torch.testing.assert_close(model(x, t, y).sample, want, rtol=1e-5, atol=1e-5)
     assert counter.graphs == 1
+
+
+# ---------------------------------------------------------------------------------------- attention processors
+
+
+class Recording(WindowAttnProcessor):
+    """The default computation, recording which attention module each call ran."""
+
+    def __init__(self):
+        self.modules = []
+
+    def __call__(self, attn, x, rope=None):
+        self.modules.append(attn)
+        return super().__call__(attn, x, rope)
+
+
+def test_attn_processors_name_each_window_attention():
+    model = tiny(depth=3)
+    procs = model.attn_processors
+    assert list(procs) == [f"blocks.{i}.mixer.attn.processor" for i in range(3)]
+    assert all(type(p) is WindowAttnProcessor for p in procs.values())
+    assert tiny(mixer="conv").attn_processors == {}  # no attention, no processor
+
+
+def test_set_attn_processor_runs_the_given_processors():
+    model = tiny(depth=3)
+    x, t, y = inputs()
+    with torch.no_grad():
+        want = model(x, t, y).sample
+    shared = Recording()
+    model.set_attn_processor(shared)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y).sample, want, rtol=0, atol=0)
+    assert shared.modules == [block.mixer.attn for block in model.blocks]
+
+    own = {name: Recording() for name in model.attn_processors}
+    model.set_attn_processor(dict(own))
+    assert model.attn_processors == own
+    with torch.no_grad():
+        model(x, t, y)
+    for i, block in enumerate(model.blocks):
+        assert own[f"blocks.{i}.mixer.attn.processor"].modules == [block.mixer.attn]
+
+    model.set_default_attn_processor()
+    assert all(type(p) is WindowAttnProcessor for p in model.attn_processors.values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y).sample, want, rtol=0, atol=0)
+
+
+def test_set_default_attn_processor_keeps_the_attention_backend():
+    model = tiny()
+    model.set_attention_backend("_native_math")
+    model.set_attn_processor(Recording())
+    model.set_default_attn_processor()
+    assert all(block.mixer.attn.attention_backend == "_native_math" for block in model.blocks)
+
+
+def test_set_attn_processor_refuses_diffusers_processors_in_one_line():
+    model = tiny()
+    before = model.attn_processors
+    for wrong in (AttnProcessor2_0(), AttnProcessor(), lambda attn, x, rope=None: x):
+        with pytest.raises(ValueError, match="cannot run FlashDiT's window attention") as err:
+            model.set_attn_processor(wrong)
+        assert "\n" not in str(err.value) and "WindowAttnProcessor" in str(err.value)
+        assert type(wrong).__name__ in str(err.value)
+    mixed = {name: Recording() for name in before}
+    mixed["blocks.1.mixer.attn.processor"] = AttnProcessor2_0()
+    with pytest.raises(ValueError, match=r"processor\['blocks.1.mixer.attn.processor'\] AttnProcessor2_0 cannot"):
+        model.set_attn_processor(mixed)
+    with pytest.raises(ValueError, match=r"missing \['blocks.1.mixer.attn.processor'\], unknown \['blocks.9"):
+        model.set_attn_processor(
+            {"blocks.0.mixer.attn.processor": Recording(), "blocks.9.mixer.attn.processor": Recording()}
+        )
+    with pytest.raises(ValueError, match="cannot run FlashDiT's window attention"):
+        model.blocks[0].mixer.attn.set_processor(AttnProcessor2_0())
+    assert model.attn_processors == before  # nothing changed by a refused call
+
+
+def test_fuse_qkv_projections_is_a_no_op_the_projection_is_already_fused():
+    model = tiny()
+    x, t, y = inputs()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    processors = model.attn_processors
+    with torch.no_grad():
+        want = model(x, t, y).sample
+    assert isinstance(model.blocks[0].mixer.attn.qkv, torch.nn.Linear)
+    assert model.blocks[0].mixer.attn.qkv.out_features == 3 * TINY["hidden_size"]
+    for call in (model.fuse_qkv_projections, model.unfuse_qkv_projections):
+        call()
+        assert model.attn_processors == processors
+        assert model.state_dict().keys() == state.keys()
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, t, y).sample, want, rtol=0, atol=0)

@@ -186,8 +186,69 @@ def _window_block_mask(num_windows: int, window_len: int, valid: tuple[bool, ...
     return create_block_mask(same_window, None, None, n, n, device=device)
 
 
+class WindowAttnProcessor:
+    """How a :class:`WindowAttention` computes: windows gathered, the fused qkv projection, rotary embedding,
+    attention, the output projection. The one attention processor FlashDiT runs (diffusers' attention-processor API,
+    ``FlashDiTTransformer2DModel.attn_processors``); subclass it to change or observe the computation.
+
+    The attention kernel is the module's ``attention_backend``: PyTorch's SDPA when None, else diffusers' attention
+    dispatch with that backend (``FlashDiTTransformer2DModel.set_attention_backend``).
+    """
+
+    def __call__(
+        self, attn: WindowAttention, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, WindowGrid]:
+        """
+        Args:
+            attn: the attention module, whose layers and settings this runs.
+            x: ``(B, H, W, C)``.
+            rope: optional ``(cos, sin)`` tables of shape ``(H, W, head_dim)``.
+        Returns:
+            The output in window order, ``(B, Hg·Wg, Mh·Mw, C)``, and the layout that scatters it back.
+        """
+        B, H, W, C = x.shape
+        grid = WindowGrid.for_grid(H, W, attn.window_size, attn.interleaved)
+        nW, L, nh, hd = grid.num_windows, grid.window_len, attn.num_heads, attn.head_dim
+
+        # 1. gather windows once, on the C-wide input (cheaper than on the 3C-wide qkv); a free view
+        #    for global attention
+        x = grid.to_windows(grid.pad(x)).reshape(B * nW, L, C)
+        q, k, v = attn.qkv(x).view(B * nW, L, 3, nh, hd).unbind(2)  # each (B·nW, L, nh, hd)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+
+        # 2. rotary embedding, its tables laid out like the windows
+        if rope is not None:
+            cos, sin = (grid.to_windows(grid.pad(t[None])).reshape(nW, L, 1, hd) for t in rope)
+            q = apply_rope(q.view(B, nW, L, nh, hd), cos, sin).view(B * nW, L, nh, hd)
+            k = apply_rope(k.view(B, nW, L, nh, hd), cos, sin).view(B * nW, L, nh, hd)
+
+        # 3. attention over (B·nW, nh, L, hd) strided views; padded tokens are masked out as keys
+        mask = grid.key_mask(x.device)
+        if mask is not None:
+            mask = mask.view(1, nW, 1, 1, L).expand(B, nW, 1, 1, L).reshape(B * nW, 1, 1, L)
+        backend = attn.attention_backend
+        if backend is None:  # PyTorch's SDPA (flash / memory-efficient kernels where they apply)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+        elif backend == AttentionBackendName.FLEX:
+            # one sequence per image, the windows laid end to end (already the interleaved order), and a
+            # block-diagonal BlockMask: one flex_attention call instead of B·nW tiny ones
+            seq = [t.reshape(B, nW * L, nh, hd) for t in (q, k, v)]
+            block_mask = window_block_mask(nW, L, grid.key_mask(x.device), x.device)
+            out = dispatch_attention_fn(*seq, attn_mask=block_mask, backend=backend)
+        else:  # diffusers' attention dispatch, (batch, tokens, heads, head_dim) in and out
+            out = dispatch_attention_fn(q, k, v, attn_mask=mask, backend=backend)
+
+        # 4. project per token, still in window order
+        return attn.proj(out.reshape(B, nW, L, C)), grid
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside plain or interleaved windows, or over the whole grid.
+
+    Its computation is its ``processor``, a :class:`WindowAttnProcessor` (``get_processor`` / ``set_processor``, as
+    diffusers' attention modules). Diffusers' own processors work on its ``Attention`` layers (separate or fused
+    ``to_q``/``to_k``/``to_v`` over a token sequence, optional cross-attention) and cannot run these windows.
 
     Args:
         dim: channels C.
@@ -222,6 +283,20 @@ class WindowAttention(nn.Module):
         self.proj = TokenLinear(dim, dim)
         # None: SDPA; else a diffusers AttentionBackendName (FlashDiTTransformer2DModel.set_attention_backend)
         self.attention_backend = None
+        self.processor = WindowAttnProcessor()
+
+    def get_processor(self) -> WindowAttnProcessor:
+        """The attention processor in use."""
+        return self.processor
+
+    def set_processor(self, processor: WindowAttnProcessor) -> None:
+        """Run this attention with ``processor``, a :class:`WindowAttnProcessor` (or a subclass of it).
+
+        Raises:
+            ValueError: for any other processor, e.g. one of diffusers' ``AttnProcessor`` classes.
+        """
+        check_window_processor(processor, "processor")
+        self.processor = processor
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """
@@ -238,41 +313,18 @@ class WindowAttention(nn.Module):
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, WindowGrid]:
         """The output still in window order, ``(B, Hg·Wg, Mh·Mw, C)``, and the layout that scatters it back
-        (:meth:`WindowGrid.from_windows`); :meth:`forward` is the two together."""
-        B, H, W, C = x.shape
-        grid = WindowGrid.for_grid(H, W, self.window_size, self.interleaved)
-        nW, L, nh, hd = grid.num_windows, grid.window_len, self.num_heads, self.head_dim
+        (:meth:`WindowGrid.from_windows`); :meth:`forward` is the two together. The processor computes it."""
+        return self.processor(self, x, rope)
 
-        # 1. gather windows once, on the C-wide input (cheaper than on the 3C-wide qkv); a free view
-        #    for global attention
-        x = grid.to_windows(grid.pad(x)).reshape(B * nW, L, C)
-        q, k, v = self.qkv(x).view(B * nW, L, 3, nh, hd).unbind(2)  # each (B·nW, L, nh, hd)
-        q, k = self.q_norm(q), self.k_norm(k)
 
-        # 2. rotary embedding, its tables laid out like the windows
-        if rope is not None:
-            cos, sin = (grid.to_windows(grid.pad(t[None])).reshape(nW, L, 1, hd) for t in rope)
-            q = apply_rope(q.view(B, nW, L, nh, hd), cos, sin).view(B * nW, L, nh, hd)
-            k = apply_rope(k.view(B, nW, L, nh, hd), cos, sin).view(B * nW, L, nh, hd)
-
-        # 3. attention over (B·nW, nh, L, hd) strided views; padded tokens are masked out as keys
-        mask = grid.key_mask(x.device)
-        if mask is not None:
-            mask = mask.view(1, nW, 1, 1, L).expand(B, nW, 1, 1, L).reshape(B * nW, 1, 1, L)
-        if self.attention_backend is None:  # PyTorch's SDPA (flash / memory-efficient kernels where they apply)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
-        elif self.attention_backend == AttentionBackendName.FLEX:
-            # one sequence per image, the windows laid end to end (already the interleaved order), and a
-            # block-diagonal BlockMask: one flex_attention call instead of B·nW tiny ones
-            seq = [t.reshape(B, nW * L, nh, hd) for t in (q, k, v)]
-            block_mask = window_block_mask(nW, L, grid.key_mask(x.device), x.device)
-            out = dispatch_attention_fn(*seq, attn_mask=block_mask, backend=self.attention_backend)
-        else:  # diffusers' attention dispatch, (batch, tokens, heads, head_dim) in and out
-            out = dispatch_attention_fn(q, k, v, attn_mask=mask, backend=self.attention_backend)
-
-        # 4. project per token, still in window order
-        return self.proj(out.reshape(B, nW, L, C)), grid
+def check_window_processor(processor: object, name: str) -> None:
+    """Refuse anything but a :class:`WindowAttnProcessor` as FlashDiT's attention processor, in one line."""
+    if not isinstance(processor, WindowAttnProcessor):
+        raise ValueError(
+            f"{name} {type(processor).__name__} cannot run FlashDiT's window attention (diffusers' processors work on "
+            "its Attention layers); pass a flashdit.models.mixer.WindowAttnProcessor or a subclass, and choose the "
+            "attention kernel with set_attention_backend"
+        )
 
 
 class DepthwiseConv(nn.Module):

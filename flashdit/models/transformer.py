@@ -11,20 +11,24 @@ from __future__ import annotations
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin
 from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin, get_parameter_dtype
+from diffusers.utils import logging
 from torch import nn
 
 from .embeddings import LabelEmbedder, TimestepEmbedder, rope_tables_2d, sincos_pos_embed_2d
 from .linear import CPU_LINEAR_BACKENDS, TokenLinear
-from .mixer import IwinMixer, WindowAttention
+from .mixer import IwinMixer, WindowAttention, WindowAttnProcessor, check_window_processor
 from .norms import RMSNorm
 
 MIXERS = ("iwin", "window", "attention", "conv")
 MODULATIONS = ("adaln-zero", "flashdit-official")
 CONV_INITS = ("pytorch", "xavier")
 POS_EMBEDS = ("none", "sincos", "rope", "sincos+rope")
+
+logger = logging.get_logger(__name__)
 
 # LightningDiT's sizes (depth, width, heads) at patch 1 and 2; "FlashDiT-XL/1" is the paper's model.
 _WIDTHS = {
@@ -120,7 +124,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
+class FlashDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin):
     """Class-conditional diffusion transformer on a 2-D latent (or pixel) grid of any size.
 
     Args:
@@ -158,6 +162,13 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     ``torch.compile(model, fullgraph=True)`` traces the whole forward without graph breaks, with or without
     gradients; ``model.compile_repeated_blocks(fullgraph=True)`` compiles only the repeated :class:`FlashDiTBlock`
     (``_repeated_blocks``), which compiles once for all of them.
+
+    Diffusers' attention-processor API: ``attn_processors`` maps each attention module
+    (``"blocks.{i}.mixer.attn.processor"``) to its :class:`~flashdit.models.mixer.WindowAttnProcessor`;
+    ``set_attn_processor`` takes one (or a subclass) for all of them or a dict of them by those names, and refuses
+    diffusers' processors, which compute its ``Attention`` layers, not these windows; ``set_default_attn_processor``
+    restores the default. The attention kernel is chosen with ``set_attention_backend``.
+    ``fuse_qkv_projections`` and ``unfuse_qkv_projections`` do nothing: the qkv projection is one fused Linear.
     """
 
     _supports_gradient_checkpointing = True
@@ -339,6 +350,51 @@ class FlashDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         for module in self.modules():
             if isinstance(module, WindowAttention):
                 module.attention_backend = None
+
+    def set_attn_processor(self, processor: WindowAttnProcessor | dict[str, WindowAttnProcessor]) -> None:
+        """Run every attention with ``processor``, or each with its own from a dict keyed as :attr:`attn_processors`.
+
+        Args:
+            processor: a :class:`~flashdit.models.mixer.WindowAttnProcessor` (or a subclass), or a dict with one for
+                each key of :attr:`attn_processors`.
+
+        Raises:
+            ValueError: for a processor of another class (diffusers' ``AttnProcessor`` family computes its
+                ``Attention`` layers, not window attention) or a dict whose keys are not those of
+                :attr:`attn_processors`; nothing is changed then.
+        """
+        modules = {f"{name}.processor": m for name, m in self.named_modules() if isinstance(m, WindowAttention)}
+        if isinstance(processor, dict):
+            missing, unknown = sorted(set(modules) - set(processor)), sorted(set(processor) - set(modules))
+            if missing or unknown:
+                raise ValueError(
+                    f"set_attn_processor's dict must have the keys of attn_processors ({len(modules)}): "
+                    f"missing {missing[:3]}, unknown {unknown[:3]}"
+                )
+            for key, value in processor.items():
+                check_window_processor(value, f"processor[{key!r}]")
+            for key, module in modules.items():
+                module.set_processor(processor[key])
+            return
+        check_window_processor(processor, "processor")
+        for module in modules.values():
+            module.set_processor(processor)
+
+    def set_default_attn_processor(self) -> None:
+        """Back to the default :class:`~flashdit.models.mixer.WindowAttnProcessor` in every attention. The attention
+        kernel is not changed (``reset_attention_backend`` returns to SDPA)."""
+        self.set_attn_processor(WindowAttnProcessor())
+
+    def fuse_qkv_projections(self) -> None:
+        """Nothing to do: FlashDiT's attention already projects queries, keys and values with one fused Linear
+        (``qkv``), the layout its checkpoints store; diffusers' fusion concatenates separate ``to_q``/``to_k``/``to_v``
+        layers, which this model does not have."""
+        logger.info("fuse_qkv_projections: the qkv projection of FlashDiT's attention is already one fused Linear")
+
+    def unfuse_qkv_projections(self) -> None:
+        """Nothing to do: the fused qkv Linear is the model's own layout, there are no separate projections to
+        return to."""
+        logger.info("unfuse_qkv_projections: FlashDiT's attention has only its fused qkv Linear; nothing to undo")
 
     def set_cpu_linear_backend(self, backend: str) -> None:
         """How the token-wise linear layers (qkv, projection, MLP, output) run float32 on the CPU: ``"onednn"``
