@@ -10,6 +10,10 @@ Sources: the official FlashDiT (Iwin repo, window 8, seven-way gated modulation)
 (global attention, sin-cos + 2-D RoPE, adaLN-Zero) and VA-VAE (an LDM ``AutoencoderKL``, f16, 32 channels).
 Checkpoints are read with ``torch.load(weights_only=True)``; an ``ema`` entry is preferred over ``model``.
 Every source key must be used and every target key filled, or the error lists the difference.
+The kind of a transformer checkpoint is checked from its keys (a LightningDiT checkpoint given to ``flashdit`` is
+named as such, and the reverse); the FlashDiT window must divide the checkpoint's token grid; the LightningDiT
+release (64 or 800 epochs, whose guidance settings differ) is read from the checkpoint's training config when it
+records one, else ``--epochs`` is required.
 """
 
 from __future__ import annotations
@@ -56,9 +60,8 @@ VAVAE_CONFIG = dict(
 VAE_ENTRIES = {"config.json", "diffusion_pytorch_model.safetensors"}
 
 
-def load_state_dict(path: str | Path, prefer: tuple[str, ...] = ("ema", "model", "state_dict")) -> dict:
-    """Tensors of a ``.pt`` checkpoint (``weights_only=True``): its ``ema`` entry when present, else
-    ``model`` / ``state_dict``, else the file itself; DDP ``module.`` prefixes removed."""
+def load_checkpoint(path: str | Path) -> dict:
+    """The object a ``.pt`` checkpoint holds (``weights_only=True``), which must be a dict."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -68,6 +71,12 @@ def load_state_dict(path: str | Path, prefer: tuple[str, ...] = ("ema", "model",
         raise ConversionError(f"could not read {path} as a PyTorch checkpoint (truncated or not one?): {err}") from err
     if not isinstance(obj, dict):
         raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def checkpoint_tensors(obj: dict, path: str | Path, prefer: tuple[str, ...] = ("ema", "model", "state_dict")) -> dict:
+    """Tensors of a loaded checkpoint: its ``ema`` entry when present, else ``model`` / ``state_dict``, else the
+    checkpoint itself; DDP ``module.`` prefixes removed."""
     for key in prefer:
         if isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -78,6 +87,61 @@ def load_state_dict(path: str | Path, prefer: tuple[str, ...] = ("ema", "model",
             f"{path} has no tensors under {list(prefer)} or at its top level (keys: {list(obj)[:8]})"
         )
     return tensors
+
+
+def load_state_dict(path: str | Path, prefer: tuple[str, ...] = ("ema", "model", "state_dict")) -> dict:
+    """Tensors of a ``.pt`` checkpoint (``weights_only=True``): its ``ema`` entry when present, else
+    ``model`` / ``state_dict``, else the file itself; DDP ``module.`` prefixes removed."""
+    return checkpoint_tensors(load_checkpoint(path), path, prefer)
+
+
+# LightningDiT's releases: its epochs count passes over ImageNet-1k's training set (80,000 steps of 1,024 = 64 epochs)
+LIGHTNINGDIT_RELEASES = (64, 800)
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def recorded_epochs(checkpoint: dict) -> float | None:
+    """The training length a checkpoint records in the ``config`` entry that LightningDiT's ``train.py`` saves (its
+    YAML recipe): an ``epochs`` entry, or ``train.max_steps × train.global_batch_size`` over ImageNet's training
+    images. None when it records neither."""
+    config = checkpoint.get("config")
+    if not isinstance(config, dict):
+        return None
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+    for section in (train, config):
+        if number(section.get("epochs")):
+            return float(section["epochs"])
+    steps, batch = train.get("max_steps"), train.get("global_batch_size")
+    if number(steps) and number(batch):
+        return steps * batch / IMAGENET_TRAIN_IMAGES
+    return None
+
+
+def lightningdit_release(checkpoint: dict, epochs: int | None, path: str | Path) -> int:
+    """Which LightningDiT release (64 or 800 epochs, whose guidance settings differ) a checkpoint is: what it records
+    (:func:`recorded_epochs`, within 5 % of a release), else ``epochs`` (``--epochs``); the two must agree."""
+    recorded = recorded_epochs(checkpoint)
+    release = None
+    if recorded is not None:
+        release = next((e for e in LIGHTNINGDIT_RELEASES if abs(recorded - e) <= 0.05 * e), None)
+    if epochs is None:
+        if release is None:
+            what = "does not record its training length" if recorded is None else f"records {recorded:.0f} epochs"
+            raise ConversionError(
+                f"{path} {what}: pass --epochs 64 or --epochs 800, the LightningDiT release whose guidance settings "
+                "the pipeline stores"
+            )
+        return release
+    if release is not None and release != epochs:
+        raise ConversionError(
+            f"--epochs {epochs} contradicts {path}, whose training config records {release} epochs "
+            f"({recorded:.1f}); pass --epochs {release} or leave it out"
+        )
+    return epochs
 
 
 def _check_keys(renamed: dict, target: dict, source_name: str) -> None:
@@ -102,10 +166,44 @@ def _check_keys(renamed: dict, target: dict, source_name: str) -> None:
 # transformers
 
 
+_KIND_NAMES = {"flashdit": "FlashDiT", "lightningdit": "LightningDiT"}
+
+
+def _detect_kind(state: dict, width: int) -> tuple[str, str] | None:
+    """``(kind, evidence)`` from the keys and shapes alone: the official FlashDiT has a depthwise conv in each block
+    and a 7·D modulation, LightningDiT a 6·D one and no convolution (and its sin-cos and RoPE tables); None for
+    anything else."""
+    ada = state.get("blocks.0.adaLN_modulation.1.weight")
+    n = ada.shape[0] // width if ada is not None and ada.ndim == 2 else None
+    conv = any(re.match(r"blocks\.\d+\.dwconv\.", k) for k in state)
+    tables = [k for k in ("pos_embed", "feat_rope.freqs_cos") if k in state]
+    if conv and n == 7:
+        return "flashdit", "a depthwise conv in each block, 7·D adaLN modulation"
+    if not conv and n == 6:
+        return "lightningdit", ", ".join(["6·D adaLN modulation", *tables, "no depthwise conv"])
+    return None
+
+
 def _infer_config(state: dict, kind: str, num_heads: int | None, window_size: int) -> dict:
     if "x_embedder.proj.weight" not in state or "y_embedder.embedding_table.weight" not in state:
         raise ConversionError(f"not a {kind} checkpoint: no x_embedder/y_embedder weights (keys: {list(state)[:6]})")
     D, C, p, _ = state["x_embedder.proj.weight"].shape
+    detected = _detect_kind(state, D)
+    if detected is not None and detected[0] != kind:
+        other, evidence = detected
+        raise ConversionError(
+            f"this looks like a {_KIND_NAMES[other]} checkpoint ({evidence}), not a {_KIND_NAMES[kind]} one: "
+            f"use `python -m flashdit.convert {other}`"
+        )
+    for key in ("blocks.0.adaLN_modulation.1.weight", "final_layer.linear.weight"):
+        if key not in state:
+            raise ConversionError(f"not a {kind} checkpoint: no {key} (keys: {list(state)[:6]})")
+    if "blocks.0.mlp.w12.weight" not in state or "blocks.0.mlp.w3.weight" not in state:
+        found = sorted({k[len("blocks.0.") :].rsplit(".", 1)[0] for k in state if k.startswith("blocks.0.mlp.")})
+        raise ConversionError(
+            f"the blocks' MLP is {', '.join(found) or 'missing'}, not SwiGLU: only the SwiGLU MLP (mlp.w12, mlp.w3) "
+            "of the official FlashDiT and LightningDiT (use_swiglu) converts"
+        )
     depth = len({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
     if num_heads is None:
         sizes = [v for v in FLASHDIT_SIZES.values() if v["hidden_size"] == D and v["depth"] == depth]
@@ -181,6 +279,18 @@ def convert_transformer(
     if kind not in ("flashdit", "lightningdit"):
         raise ValueError(f"kind must be 'flashdit' or 'lightningdit', got {kind!r}")
     config = _infer_config(state, kind, num_heads, window_size)
+    p = config["patch_size"]
+    if sample_size <= 0 or sample_size % p:
+        raise ConversionError(f"--sample-size {sample_size} is not a positive multiple of the checkpoint's patch {p}")
+    grid = sample_size // p
+    if kind == "flashdit" and (window_size <= 0 or grid % window_size):
+        # the official code partitions the grid into whole windows; this model would pad, and compute otherwise
+        divisors = [d for d in range(1, grid + 1) if grid % d == 0]
+        raise ConversionError(
+            f"--window-size {window_size} does not divide the checkpoint's {grid}x{grid} token grid "
+            f"(--sample-size {sample_size}, patch {p}): the official FlashDiT needs whole windows; choose one of "
+            f"{divisors}"
+        )
     if kind == "lightningdit":
         state = _drop_fixed_position_tables(state, config, sample_size)
     with torch.device("meta"):
@@ -296,7 +406,13 @@ def main(argv=None) -> Path:
     p.add_argument("--out", required=True, help="pipeline (or, for vae, AutoencoderKL) directory to write")
     p.add_argument("--vae", default=None, help="VA-VAE .pt (LDM) or a diffusers AutoencoderKL directory")
     p.add_argument("--stats", default=None, help="latents_stats.pt (per-channel mean/std of the training latents)")
-    p.add_argument("--epochs", type=int, choices=[64, 800], default=800, help="LightningDiT: which release")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        choices=list(LIGHTNINGDIT_RELEASES),
+        default=None,
+        help="LightningDiT: which release (its guidance settings); read from the checkpoint's config when it has one",
+    )
     p.add_argument("--sample-size", type=int, default=16, help="latent grid of the training data")
     p.add_argument("--num-heads", type=int, default=None, help="only for widths outside the size registry")
     p.add_argument(
@@ -330,9 +446,14 @@ def main(argv=None) -> Path:
         save_dir_atomically(vae.save_pretrained, args.out, VAE_ENTRIES, "config.json", "diffusers AutoencoderKL")
         print(f"wrote {args.out} (dropped {len(vae.dropped_keys)} training-only keys)")
         return Path(args.out)
-    transformer = convert_transformer(
-        load_state_dict(args.ckpt), args.source, args.sample_size, args.num_heads, args.window_size
+    checkpoint = load_checkpoint(args.ckpt)
+    transformer = convert_transformer(  # first: a checkpoint of the other kind is named as such
+        checkpoint_tensors(checkpoint, args.ckpt), args.source, args.sample_size, args.num_heads, args.window_size
     )
+    key = "flashdit"
+    if args.source == "lightningdit":
+        key = f"lightningdit-{lightningdit_release(checkpoint, args.epochs, args.ckpt)}"
+    del checkpoint  # the optimizer state of a training checkpoint is as large as the model twice over
     vae = None
     if args.vae:
         vae_path = Path(args.vae)
@@ -341,10 +462,9 @@ def main(argv=None) -> Path:
         else:
             vae = convert_vae(load_state_dict(vae_path), vae_config, tuple(args.ignore_prefix))
     stats = load_latent_stats(args.stats) if args.stats else None
-    key = "flashdit" if args.source == "flashdit" else f"lightningdit-{args.epochs}"
     out = export_pipeline(build_pipeline(transformer, vae, stats, AUTHORS_SAMPLING[key]), args.out)
     n = transformer.num_parameters()
-    print(f"wrote {out}: {args.source} {n / 1e6:.1f}M parameters, sampling defaults {AUTHORS_SAMPLING[key]}")
+    print(f"wrote {out}: {key} {n / 1e6:.1f}M parameters, sampling defaults {AUTHORS_SAMPLING[key]}")
     return out
 
 

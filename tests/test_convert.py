@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from flashdit import FlashDiTPipeline
+from flashdit.cli import run
 from flashdit.convert import (
     AUTHORS_SAMPLING,
     ConversionError,
@@ -267,8 +268,14 @@ def test_every_key_must_be_used_and_filled():
     wrong = {**s, "blocks.0.dwconv.depthwise.bias": torch.zeros(D + 1)}
     with pytest.raises(ConversionError, match="shape mismatches"):
         convert_transformer(wrong, "flashdit", num_heads=HEADS)
-    with pytest.raises(ConversionError, match="7·D modulation"):
+    with pytest.raises(ConversionError, match="looks like a LightningDiT checkpoint"):
         convert_transformer(official_state("lightningdit"), "flashdit", num_heads=HEADS)
+    wo_shift = official_state("lightningdit")  # LightningDiT's wo_shift=True: 4·D, neither kind
+    for i in range(DEPTH):
+        wo_shift[f"blocks.{i}.adaLN_modulation.1.weight"] = torch.zeros(4 * D, D)
+        wo_shift[f"blocks.{i}.adaLN_modulation.1.bias"] = torch.zeros(4 * D)
+    with pytest.raises(ConversionError, match=r"6·D modulation, this one has 4·D \(wo_shift\?\)"):
+        convert_transformer(wo_shift, "lightningdit", num_heads=HEADS)
     bad_pos = {**official_state("lightningdit"), "pos_embed": torch.randn(1, 256, D)}
     with pytest.raises(ConversionError, match="not the fixed 2-D sin-cos table"):
         convert_transformer(bad_pos, "lightningdit", num_heads=HEADS)
@@ -427,3 +434,146 @@ def test_cli_writes_a_complete_pipeline_with_authors_settings(tmp_path):
     torch.testing.assert_close(pipe.decode_latents(z), expected)
     images = pipe(207, num_inference_steps=1, height=64, width=48, output_type="pt").images
     assert images.shape == (1, 3, 64, 48)
+
+
+# ------------------------------------------------------------------ command-line errors, one line each
+
+
+def cli_error(capsys, argv: list[str], match: str) -> str:
+    """``python -m flashdit.convert`` with ``argv``: exit status 2 and one stderr line, no traceback, holding
+    ``match``."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(convert_main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ": error: " in err[0] and "Traceback" not in err[0], err
+    assert match in err[0], err[0]
+    return err[0]
+
+
+def save(tmp_path, name, checkpoint) -> str:
+    torch.save(checkpoint, tmp_path / name)
+    return str(tmp_path / name)
+
+
+def lightningdit_training_checkpoint(**train):
+    """The layout of LightningDiT's train.py checkpoints: model, ema, the AdamW state and the YAML recipe."""
+    state = official_state("lightningdit")
+    params = [torch.nn.Parameter(v.clone()) for v in list(state.values())[:3]]
+    opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.95))
+    sum(p.sum() for p in params).backward()
+    opt.step()
+    config = {
+        "model": {"model_type": "LightningDiT-XL/1", "use_swiglu": True, "wo_shift": False},
+        "train": {"global_batch_size": 1024, "ckpt_every": 20000, **train},
+        "sample": {"cfg_scale": 8.0, "cfg_interval_start": 0.11},
+    }
+    return {"model": state, "ema": state, "opt": opt.state_dict(), "config": config}
+
+
+def test_cli_refuses_a_plain_mlp_in_one_line(tmp_path, capsys):
+    for kind in ("flashdit", "lightningdit"):
+        s = official_state(kind)
+        for i in range(DEPTH):  # DiT's GELU MLP in place of SwiGLU
+            b = f"blocks.{i}.mlp."
+            for name in ("w12", "w3"):
+                del s[f"{b}{name}.weight"], s[f"{b}{name}.bias"]
+            s.update({b + "fc1.weight": torch.zeros(4 * D, D), b + "fc1.bias": torch.zeros(4 * D)})
+            s.update({b + "fc2.weight": torch.zeros(D, 4 * D), b + "fc2.bias": torch.zeros(D)})
+        ckpt = save(tmp_path, f"{kind}.pt", {"ema": s})
+        argv = [kind, "--ckpt", ckpt, "--num-heads", str(HEADS), "--epochs", "64", "--out", str(tmp_path / kind)]
+        cli_error(
+            capsys, argv, "the blocks' MLP is mlp.fc1, mlp.fc2, not SwiGLU: only the SwiGLU MLP (mlp.w12, mlp.w3)"
+        )
+        assert not (tmp_path / kind).exists()
+
+
+def test_cli_names_the_kind_of_a_checkpoint_given_to_the_other_converter(tmp_path, capsys):
+    lightning = save(tmp_path, "lightningdit.pt", lightningdit_training_checkpoint(max_steps=80000))
+    flash = save(tmp_path, "flashdit.pt", {"ema": official_state("flashdit")})
+    line = cli_error(
+        capsys,
+        ["flashdit", "--ckpt", lightning, "--num-heads", str(HEADS), "--out", str(tmp_path / "a")],
+        "this looks like a LightningDiT checkpoint (6·D adaLN modulation, pos_embed, feat_rope.freqs_cos, no "
+        "depthwise conv), not a FlashDiT one: use `python -m flashdit.convert lightningdit`",
+    )
+    assert "wo_shift" not in line
+    line = cli_error(  # named so before --epochs is asked for
+        capsys,
+        ["lightningdit", "--ckpt", flash, "--num-heads", str(HEADS), "--out", str(tmp_path / "b")],
+        "this looks like a FlashDiT checkpoint (a depthwise conv in each block, 7·D adaLN modulation), not a "
+        "LightningDiT one: use `python -m flashdit.convert flashdit`",
+    )
+    assert "wo_shift" not in line
+
+
+def test_cli_refuses_a_window_that_does_not_divide_the_grid(tmp_path, capsys):
+    """The official FlashDiT splits its token grid into whole windows; a window of 5 on 16 tokens would be padded
+    here and compute something else."""
+    ckpt = save(tmp_path, "flashdit.pt", {"ema": official_state("flashdit")})
+    base = ["flashdit", "--ckpt", ckpt, "--num-heads", str(HEADS), "--out", str(tmp_path / "p")]
+    cli_error(
+        capsys,
+        [*base, "--window-size", "5"],
+        "--window-size 5 does not divide the checkpoint's 16x16 token grid (--sample-size 16, patch 1): the official "
+        "FlashDiT needs whole windows; choose one of [1, 2, 4, 8, 16]",
+    )
+    cli_error(capsys, [*base, "--sample-size", "12"], "--window-size 8 does not divide the checkpoint's 12x12")
+    cli_error(capsys, [*base, "--window-size", "0"], "--window-size 0 does not divide")
+    patch2 = save(tmp_path, "patch2.pt", {"ema": official_state("flashdit", patch=2)})
+    argv = ["flashdit", "--ckpt", patch2, "--num-heads", str(HEADS), "--out", str(tmp_path / "q")]
+    cli_error(
+        capsys, [*argv, "--sample-size", "33"], "--sample-size 33 is not a positive multiple of the checkpoint's"
+    )
+    cli_error(
+        capsys,  # the grid counts tokens: 8 latent pixels in patches of 2 are 4 tokens, fewer than the window
+        [*argv, "--sample-size", "8"],
+        "--window-size 8 does not divide the checkpoint's 4x4 token grid (--sample-size 8, patch 2)",
+    )
+    assert not (tmp_path / "p").exists() and not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize(
+    "train,epochs",
+    [
+        (dict(max_steps=80_000), 64),  # the 64-epoch recipe: 80,000 steps of 1,024 images
+        (dict(max_steps=1_000_000), 800),  # 799.3 passes over ImageNet's 1,281,167 training images
+        (dict(max_steps=40_000, global_batch_size=2048), 64),
+        (dict(epochs=800), 800),
+    ],
+)
+def test_lightningdit_release_is_read_from_the_checkpoint_config(tmp_path, capsys, train, epochs):
+    ckpt = save(tmp_path, "lightningdit.pt", lightningdit_training_checkpoint(**train))
+    argv = ["lightningdit", "--ckpt", ckpt, "--num-heads", str(HEADS), "--out", str(tmp_path / "p")]
+    convert_main(argv)
+    assert (
+        FlashDiTPipeline.from_pretrained(tmp_path / "p").config.sampling == AUTHORS_SAMPLING[f"lightningdit-{epochs}"]
+    )
+    assert f"lightningdit-{epochs}" in capsys.readouterr().out
+    convert_main([*argv, "--epochs", str(epochs)])  # the flag may repeat what the checkpoint says
+
+
+def test_lightningdit_release_needs_the_flag_when_the_checkpoint_does_not_say(tmp_path, capsys):
+    bare = save(tmp_path, "bare.pt", {"ema": official_state("lightningdit")})
+    out = tmp_path / "p"
+    argv = ["lightningdit", "--num-heads", str(HEADS), "--out", str(out), "--ckpt"]
+    cli_error(
+        capsys,
+        [*argv, bare],
+        f"{bare} does not record its training length: pass --epochs 64 or --epochs 800, the LightningDiT release",
+    )
+    odd = save(tmp_path, "odd.pt", lightningdit_training_checkpoint(max_steps=375_000))  # 300 epochs: no release
+    cli_error(capsys, [*argv, odd], f"{odd} records 300 epochs: pass --epochs 64 or --epochs 800")
+    assert not out.exists()
+    long = save(tmp_path, "long.pt", lightningdit_training_checkpoint(max_steps=1_000_000))
+    cli_error(
+        capsys,
+        [*argv, long, "--epochs", "64"],
+        f"--epochs 64 contradicts {long}, whose training config records 800 epochs (799.3); pass --epochs 800 or "
+        "leave it out",
+    )
+    assert not out.exists()
+    for path, epochs in ((bare, 64), (odd, 800)):  # the flag decides what the checkpoint does not
+        convert_main([*argv, path, "--epochs", str(epochs)])
+        assert FlashDiTPipeline.from_pretrained(out).config.sampling == AUTHORS_SAMPLING[f"lightningdit-{epochs}"]
