@@ -1,7 +1,7 @@
 """How much of this machine's matrix-multiply throughput the model's forward pass achieves.
 
-    python bench/gemm_share.py                     # FlashDiT-B/2 and its attention twin, 16x16 and 32x32 tokens
-    python bench/gemm_share.py --size FlashDiT-S/2 --grids 16 --batch 8
+    python -m bench.gemm_share                     # FlashDiT-B/2 and its attention twin, 16x16 and 32x32 tokens
+    python -m bench.gemm_share --size FlashDiT-S/2 --grids 16 --batch 8
 
 Peak: the best median FLOP/s of fp32 matmuls, a square one and the model's own largest GEMM shape (the MLP), each
 through PyTorch's BLAS (``torch.mm``) and through oneDNN (``flashdit.models.linear.linear_as_conv``). Achieved: the
@@ -13,15 +13,11 @@ robin in one process, so the ratios are measured side by side.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, setup, time_round_robin
-
+from bench.common import markdown_table, setup, time_round_robin
 from flashdit import FlashDiTTransformer2DModel
 from flashdit.models.linear import CPU_LINEAR_BACKENDS, linear_as_conv
 

@@ -2,22 +2,18 @@
 convolution on oneDNN (``flashdit.models.linear.linear_as_conv``), side by side, over the B/2 shapes and small
 ones around the size below which ``TokenLinear`` keeps ``F.linear``.
 
-    python bench/linear.py                 # fp32, B/2 layers at 512 and 8192 tokens, small products
-    python bench/linear.py --small         # only the small products that set the thresholds
+    python -m bench.linear                 # fp32, B/2 layers at 512 and 8192 tokens, small products
+    python -m bench.linear --small         # only the small products that set the thresholds
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, setup, time_round_robin
-
+from bench.common import markdown_table, setup, time_round_robin
 from flashdit.models.linear import linear_as_conv, onednn_applies
 
 # (tokens, in, out): B/2's qkv, proj, w12, w3 and output layer at batch 2 of 16x16 and 64x64 tokens

@@ -1,8 +1,8 @@
 """Benchmark the Iwin mixer against global and plain-window attention, and a whole FlashDiT-B/2
 training step against the same model with global attention.
 
-    python bench/mixer.py                      # dim 384, 6 heads, batch 8, fp32, grids 16² 32² 64²
-    python bench/mixer.py --grids 16 32 --model-grids 16 --repeats 3
+    python -m bench.mixer                      # dim 384, 6 heads, batch 8, fp32, grids 16² 32² 64²
+    python -m bench.mixer --grids 16 32 --model-grids 16 --repeats 3
 
 Prints markdown tables (medians; ratios from the same run) for docs/benchmarks.md. ``FLOP ratio`` is the speed
 ratio an implementation bound by arithmetic alone would reach (FLOPs counted on the meta device); ``of FLOP
@@ -17,15 +17,12 @@ optimizer state (2 GiB) and the heap keeps the largest step's activations: pass 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (
+from bench.common import (
     count_flops,
     latent_train_step,
     latent_train_step_flops,
@@ -34,7 +31,6 @@ from common import (
     setup,
     time_round_robin,
 )
-
 from flashdit import FlashDiTTransformer2DModel
 from flashdit.models.linear import CPU_LINEAR_BACKENDS
 from flashdit.models.mixer import IwinMixer, WindowAttention

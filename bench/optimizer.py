@@ -2,21 +2,17 @@
 and the fused kernel (what training uses), for FlashDiT-B/2 with the Iwin mixer and with global attention,
 measured side by side.
 
-    python bench/optimizer.py                       # B/2 on a 16x16 token grid, batch 2
-    python bench/optimizer.py --grid 32 --batch 1
+    python -m bench.optimizer                       # B/2 on a 16x16 token grid, batch 2
+    python -m bench.optimizer --grid 32 --batch 1
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import latent_train_step, markdown_table, setup, time_round_robin
-
+from bench.common import latent_train_step, markdown_table, setup, time_round_robin
 from flashdit import FlashDiTTransformer2DModel
 
 MIXERS = {"iwin": {}, "attention": dict(mixer="attention", kernel_size=None, pos_embed="sincos")}

@@ -2,24 +2,20 @@
 attention, profiled op by op (``torch.profiler``, self CPU time), the two models alternating for several
 rounds so machine noise hits both alike; medians per op over the rounds.
 
-    python bench/profile_step.py                     # B/2, 16x16 tokens, batch 2, fused AdamW, 4 rounds
-    python bench/profile_step.py --grid 32 --batch 1 --top 30
+    python -m bench.profile_step                     # B/2, 16x16 tokens, batch 2, fused AdamW, 4 rounds
+    python -m bench.profile_step --grid 32 --batch 1 --top 30
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 from collections import defaultdict
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import latent_train_step, markdown_table, setup
-
+from bench.common import latent_train_step, markdown_table, setup
 from flashdit import FlashDiTTransformer2DModel
 
 MODELS = {"iwin": {}, "attention": dict(mixer="attention", kernel_size=None, pos_embed="sincos")}

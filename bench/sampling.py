@@ -1,8 +1,8 @@
 """Sampling throughput of FlashDiTPipeline: images/s for a small model at 16² and 32² tokens,
 Euler vs Heun, guidance everywhere vs LightningDiT's interval (no guidance while t < 0.11).
 
-    python bench/sampling.py                 # FlashDiT-S/2, 4 latent channels, batch 8, 10 steps, cfg 4
-    python bench/sampling.py --grids 16 --repeats 5
+    python -m bench.sampling                 # FlashDiT-S/2, 4 latent channels, batch 8, 10 steps, cfg 4
+    python -m bench.sampling --grids 16 --repeats 5
 
 Latent output (no VAE decode), so the figures are the transformer's and the sampler's.
 """
@@ -10,15 +10,11 @@ Latent output (no VAE decode), so the figures are the transformer's and the samp
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, setup, time_round_robin
-
+from bench.common import markdown_table, setup, time_round_robin
 from flashdit import FlashDiTTransformer2DModel
 from flashdit.pipeline import FlashDiTPipeline
 

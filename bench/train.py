@@ -2,8 +2,8 @@
 FlashDiT-S/2 on 256 px SD-VAE-sized latents (32×32×4, a 16×16 token grid), each with the Iwin mixer
 and with global attention + sin-cos position embedding, measured side by side.
 
-    python bench/train.py                # fp32, CPU threads as configured
-    python bench/train.py --repeats 10 --s2-batch 16
+    python -m bench.train                # fp32, CPU threads as configured
+    python -m bench.train --repeats 10 --s2-batch 16
 
 One step is the training loop's own (``flashdit.training.train_step``): t and noise, forward, flow loss (MSE;
 + cosine on multi-channel latents), backward, gradient norm and clipping, AdamW, LR schedule, EMA.
@@ -12,15 +12,11 @@ One step is the training loop's own (``flashdit.training.train_step``): t and no
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, setup, time_round_robin
-
+from bench.common import markdown_table, setup, time_round_robin
 from flashdit.config import load_config
 from flashdit.training import make_train_step
 

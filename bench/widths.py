@@ -1,8 +1,8 @@
 """Training step cost of the quickstart model at other widths and depths (patch 4, window 4, batch 32, fp32),
 measured side by side: what a wider or deeper model costs in steps for the same minutes.
 
-    python bench/widths.py
-    python bench/widths.py --repeats 30 --min-seconds 10
+    python -m bench.widths
+    python -m bench.widths --repeats 30 --min-seconds 10
 
 One step is the training loop's own (``flashdit.training.make_train_step``: t and noise, forward, loss, backward,
 clipping, AdamW, EMA), all models in one process, round robin.
@@ -11,15 +11,11 @@ clipping, AdamW, EMA), all models in one process, round robin.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, setup, time_round_robin
-
+from bench.common import markdown_table, setup, time_round_robin
 from flashdit.config import load_config
 from flashdit.training import make_train_step
 

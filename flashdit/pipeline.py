@@ -19,6 +19,7 @@ from diffusers import (
     ImagePipelineOutput,
 )
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders.lora_pipeline import SanaLoraLoaderMixin  # diffusers' loader for a transformer-only pipeline
 from diffusers.utils import constants as diffusers_constants
 from filelock import FileLock
 
@@ -81,7 +82,7 @@ def _modules_cache_lock() -> FileLock:
     return FileLock(cache / "flashdit.lock")
 
 
-class FlashDiTPipeline(DiffusionPipeline):
+class FlashDiTPipeline(DiffusionPipeline, SanaLoraLoaderMixin):
     """Class-conditional image generation with a FlashDiT transformer.
 
     Args:
@@ -100,6 +101,12 @@ class FlashDiTPipeline(DiffusionPipeline):
             neither is given, latents are decoded as they are.
         sampling: :class:`~flashdit.settings.SamplingSettings` values stored with the pipeline (a subset;
             the rest take the defaults). Without any, a call samples without guidance (scale 1.0).
+
+    LoRA adapters on the transformer work as in diffusers' transformer-only pipelines: ``load_lora_weights``,
+    ``set_adapters``, ``fuse_lora`` / ``unfuse_lora``, ``disable_lora`` / ``enable_lora``, ``unload_lora_weights`` and
+    ``save_lora_weights`` (needs peft). The adapter targets are the transformer's own module names: ``qkv`` and
+    ``proj`` in attention (one fused qkv projection: there is no ``to_q`` / ``to_k`` / ``to_v``), ``w12`` and ``w3``
+    in the SwiGLU MLP.
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -192,12 +199,19 @@ class FlashDiTPipeline(DiffusionPipeline):
         return pipe
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None, **kwargs):
-        """Add a LoRA adapter to the transformer: a directory (or hub id, or state dict) written by
-        ``save_lora_adapter`` (as ``train.py`` with ``train.lora`` does: ``<run>/lora``). Needs peft."""
+        """Add a LoRA adapter to the transformer (needs peft): a directory, hub id or state dict in diffusers' pipeline
+        format (keys ``transformer.*``, as :meth:`save_lora_weights` and diffusers' training scripts write them), or
+        the transformer's own format (no prefix, as ``transformer.save_lora_adapter`` writes it)."""
         kwargs.setdefault("use_safetensors", True)
-        self.transformer.load_lora_adapter(
-            pretrained_model_name_or_path_or_dict, prefix=None, adapter_name=adapter_name, **kwargs
+        state, metadata = self.lora_state_dict(
+            pretrained_model_name_or_path_or_dict, return_lora_metadata=True, **kwargs
         )
+        prefix = f"{self.transformer_name}."
+        if state and not any(k.startswith(prefix) for k in state):
+            state = {prefix + k: v for k, v in state.items()}
+        if not all("lora" in k for k in state):
+            raise UserError("not a LoRA state dict: every key must name a lora_A / lora_B weight")
+        self.load_lora_into_transformer(state, self.transformer, adapter_name=adapter_name, metadata=metadata)
 
     # ----------------------------------------------------------------------------------------
     # labels
@@ -245,10 +259,13 @@ class FlashDiTPipeline(DiffusionPipeline):
 
     def _label_tensor(self, class_labels, device: torch.device) -> torch.Tensor:
         if isinstance(class_labels, torch.Tensor):
+            if class_labels.ndim == 2 and class_labels.shape[1] == 1:  # (B, 1), as DiTPipeline takes them
+                class_labels = class_labels[:, 0]
             class_labels = class_labels.tolist()
         if isinstance(class_labels, (int, str)):
             class_labels = [class_labels]
-        class_labels = list(class_labels)
+        # one-element lists ([[1], [1]]) stand for their element, as in DiTPipeline
+        class_labels = [c[0] if isinstance(c, (list, tuple)) and len(c) == 1 else c for c in class_labels]
         if not class_labels:
             raise ValueError("class_labels is empty")
         ids = [self.get_label_ids(c)[0] if isinstance(c, str) else c for c in class_labels]

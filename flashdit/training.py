@@ -683,10 +683,21 @@ def write_sample_grid(accelerator, pipe, cfg: ExperimentConfig, info: dict, outp
 
 
 def save_lora(model: FlashDiTTransformer2DModel, out_dir: Path) -> Path:
-    """The adapter alone, diffusers' way (``save_lora_adapter``: ``pytorch_lora_weights.safetensors`` with its PEFT
-    config), written atomically; load it with ``pipe.load_lora_weights(out_dir)`` on the base pipeline."""
+    """The adapter alone in diffusers' pipeline format (``pytorch_lora_weights.safetensors``, keys ``transformer.*``,
+    with its PEFT config), written atomically; load it with ``pipe.load_lora_weights(out_dir)`` on the base
+    pipeline."""
+    from peft.utils import get_peft_model_state_dict
+
+    layers = get_peft_model_state_dict(model)
+    metadata = model.peft_config["default"].to_dict()
+
+    def save(tmp: Path) -> None:
+        FlashDiTPipeline.save_lora_weights(
+            tmp, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata
+        )
+
     name = "pytorch_lora_weights.safetensors"
-    return save_dir_atomically(model.save_lora_adapter, out_dir, {name}, name, "LoRA adapter")
+    return save_dir_atomically(save, out_dir, {name}, name, "LoRA adapter")
 
 
 def export_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, out_dir: str | Path) -> Path:

@@ -25,9 +25,9 @@ settings is refused, never mixed):
    1.5x and 2x, over the central 32x32 (where the garment is at every size).
 6. speed: training images/s of every row, measured side by side (round robin) in one process.
 
-    python scripts/depth_study.py                                     # everything (~6 h of training on 2 cores)
-    python scripts/depth_study.py --only attention-d8 flashdit-d8-win4   # some rows (processes may share --out)
-    python scripts/depth_study.py --report-only                      # tables and figures from what has finished
+    python -m scripts.depth_study                                     # everything (~6 h of training on 2 cores)
+    python -m scripts.depth_study --only attention-d8 flashdit-d8-win4   # some rows (processes may share --out)
+    python -m scripts.depth_study --report-only                      # tables and figures from what has finished
 
 Tables go to ``<out>/tables.md`` (mean ± half the spread over seeds), figures to docs/images/depth_study_*.png.
 The default ``--out`` is docs/depth_study, whose .gitignore keeps each run's records (spec, training time, scores,
@@ -40,22 +40,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.common import latent_train_step_flops, time_round_robin  # noqa: E402
-from flashdit.checkpoint import checkpoint_step, find_resume_checkpoint  # noqa: E402
-from flashdit.classifier import class_accuracy, fashion_mnist_classifier  # noqa: E402
-from flashdit.config import load_config, to_dict  # noqa: E402
-from flashdit.data import load_idx_split, pad_and_scale, pad_images  # noqa: E402
-from flashdit.evaluation import (  # noqa: E402
+from bench.common import latent_train_step_flops, time_round_robin
+from flashdit.checkpoint import checkpoint_step, find_resume_checkpoint
+from flashdit.classifier import class_accuracy, fashion_mnist_classifier
+from flashdit.config import load_config, to_dict
+from flashdit.data import load_idx_split, pad_and_scale, pad_images
+from flashdit.evaluation import (
     InceptionFeatures,
     Reference,
     balanced_labels,
@@ -63,10 +59,12 @@ from flashdit.evaluation import (  # noqa: E402
     held_out_flow_loss,
     load_reference,
 )
-from flashdit.pipeline import load_pipeline  # noqa: E402
-from flashdit.sampling import generate  # noqa: E402
-from flashdit.training import build_model, flat_dict, make_train_step, train  # noqa: E402
-from flashdit.utils import atomic_path  # noqa: E402
+from flashdit.pipeline import load_pipeline
+from flashdit.sampling import generate
+from flashdit.training import build_model, flat_dict, make_train_step, train
+from flashdit.utils import atomic_path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ATTENTION = ["model.mixer=attention", "model.kernel_size=null", "model.pos_embed=sincos"]
 IWIN = ["model.mixer=iwin", "model.kernel_size=3", "model.pos_embed=none"]

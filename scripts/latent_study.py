@@ -2,7 +2,7 @@
 (docs/latent_study.md).
 
 Every stage runs the toolkit's own command lines, as a user would, and is skipped when its output exists, so an
-interrupted study resumes (``python scripts/latent_study.py`` again). Records (recipes, training logs, scores) are
+interrupted study resumes (``python -m scripts.latent_study`` again). Records (recipes, training logs, scores) are
 copied into ``docs/latent_study/`` as stages finish; weights stay under ``--work`` (``runs/latent_study``).
 
 1. ``ae``: autoencoder candidates, each for a third of the final autoencoder's steps: latent channels C in
@@ -15,9 +15,9 @@ copied into ``docs/latent_study/`` as stages finish; weights stay under ``--work
    sin-cos position embedding, two training seeds each; guidance swept on 500 samples of seed 0, then FID-2k, KID,
    precision/recall and class accuracy of every seed at its row's best scale.
 
-    python scripts/latent_study.py                 # everything (resumable)
-    python scripts/latent_study.py --stages ae     # one stage
-    python scripts/latent_study.py --report-only   # docs/latent_study/tables.md from what has finished
+    python -m scripts.latent_study                 # everything (resumable)
+    python -m scripts.latent_study --stages ae     # one stage
+    python -m scripts.latent_study --report-only   # docs/latent_study/tables.md from what has finished
 """
 
 from __future__ import annotations

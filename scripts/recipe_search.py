@@ -14,9 +14,9 @@ number of steps that fits its budget (30 min; 2 h for the long recipes). Rounds:
 3. long: the combination at 2 h (the same model for 4x the steps, and twice the depth).
 4. confirm: the best settings of the best runs on 2,000 samples (FID-2k, KID, class accuracy).
 
-    python scripts/recipe_search.py cost                      # on the 2-core CPU machine: steps per budget
-    python scripts/recipe_search.py search --device cuda      # the rounds (resumable: finished work is kept)
-    python scripts/recipe_search.py report                    # tables -> docs/recipe_search.md
+    python -m scripts.recipe_search cost                      # on the 2-core CPU machine: steps per budget
+    python -m scripts.recipe_search search --device cuda      # the rounds (resumable: finished work is kept)
+    python -m scripts.recipe_search report                    # tables -> docs/recipe_search.md
 
 On a 2-core CPU alone, ``--plan cpu`` ran three geometry proxies, and ``--plan cpu-optim`` takes the default of
 configs/fashion_mnist.yaml and changes its learning rate or its batch (a third of its time each,
@@ -188,7 +188,7 @@ def cost_seconds(cost: dict, key: str) -> float:
 def step_cost(cost: dict, overrides: dict) -> float:
     key = model_key(overrides)
     if key not in cost:
-        raise SystemExit(f"no CPU cost for {key}: run `python scripts/recipe_search.py cost` on the CPU machine")
+        raise SystemExit(f"no CPU cost for {key}: run `python -m scripts.recipe_search cost` on the CPU machine")
     return cost_seconds(cost, key)
 
 
@@ -423,9 +423,9 @@ def run_all(specs: list[dict], args) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": path}
 
     def one(spec):
-        cmd = [sys.executable, __file__, "worker", "--run", spec["name"], *common_argv(args)]
+        cmd = [sys.executable, "-m", "scripts.recipe_search", "worker", "--run", spec["name"], *common_argv(args)]
         with open(out / spec["name"] / "log.txt", "a") as log:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
         print(f"  {spec['name']}: {'done' if rc == 0 else f'FAILED (exit {rc}, see its log.txt)'}", flush=True)
         return rc
 
@@ -574,7 +574,7 @@ def report(args) -> Path:
     lines = [
         "# Recipe search: results",
         "",
-        f"Written by `python scripts/recipe_search.py report` from `{out}`; "
+        f"Written by `python -m scripts.recipe_search report` from `{out}`; "
         "FID and KID against 2,000 real test images, class accuracy by the judge CNN; n samples per score.",
         "",
     ]
@@ -695,7 +695,6 @@ def parse_args(argv=None):
 
 
 def main(args) -> None:
-    sys.path.insert(0, str(ROOT))
     {"cost": measure_cost, "search": search, "report": report, "worker": worker}[args.stage](args)
 
 

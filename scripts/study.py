@@ -4,9 +4,9 @@ Trains the paper's ablation rows as mixers of one model (Fashion-MNIST, pixel sp
 same size, steps, seed and optimiser), then scores each at cfg 1.0 and 1.5 (FID against the real test
 set, class accuracy) and at 1.5× and 2× the training grid (images padded as the data are).
 
-    python scripts/study.py                         # everything (about 2.5 h on 2 CPU cores); resumable
-    python scripts/study.py --only flashdit attention --steps 50 --num-samples 100 --num-samples-large 50  # smoke
-    python scripts/study.py --report-only           # rebuild the tables from the finished runs
+    python -m scripts.study                         # everything (about 2.5 h on 2 CPU cores); resumable
+    python -m scripts.study --only flashdit attention --steps 50 --num-samples 100 --num-samples-large 50  # smoke
+    python -m scripts.study --report-only           # rebuild the tables from the finished runs
 
 Each stage is skipped when its output exists, so an interrupted study continues where it stopped.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -39,7 +38,6 @@ from flashdit.training import make_train_step, train
 from flashdit.utils import atomic_path, image_grid, save_image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # The runs: overrides of configs/fashion_mnist.yaml (the quickstart model), one per ablation row.
 RUNS = {
@@ -186,7 +184,7 @@ def real_floor(args) -> dict:
 def throughput(args) -> dict:
     """Training images/s of every run's model, measured side by side (round robin) in one process: the
     runs' own wall times are not comparable when several study processes share the machine."""
-    from bench.common import time_round_robin  # the benchmarks' timer; the repository root is on sys.path
+    from bench.common import time_round_robin  # the benchmarks' timer
 
     path = Path(args.out) / "throughput.json"
     if path.is_file():

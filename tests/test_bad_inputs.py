@@ -176,7 +176,8 @@ def model_dir(tmp_path_factory):
         (["--height", "100000", "--width", "100000"], "larger than the largest supported side, 16384"),
         (["--class-labels", "10"], "class_labels [10] are not class ids in [0, 10)"),
         (["--per-label", "0"], "argument --per-label: 0 is not in [1, 100,000]"),
-        (["--out", "/proc/version/sub"], "--out /proc/version/sub is not writable"),
+        (["--out", "/proc/version/sub"], "--out /proc/version/sub cannot be created: /proc/version is a file"),
+        (["--out", "/proc/flashdit"], "--out /proc/flashdit is not writable"),
     ],
 )
 def test_sample_script_user_errors(model_dir, tmp_path, capsys, extra, match):
@@ -222,7 +223,9 @@ def test_eval_refuses_stale_shards_and_fails_fast(model_dir, tmp_path, capsys):
     # an --out that cannot be a directory fails before any sampling
     (tmp_path / "file").write_text("x")
     bad_out = ["--model", str(model_dir), "--metrics", "--out", str(tmp_path / "file" / "sub")]
-    user_error(capsys, eval_fid.main, eval_fid.parse_args, bad_out, "is not writable")
+    user_error(
+        capsys, eval_fid.main, eval_fid.parse_args, bad_out, f"sub cannot be created: {tmp_path / 'file'} is a file"
+    )
     zero = [*base, "--shard-size", "0"]
     user_error(capsys, eval_fid.main, eval_fid.parse_args, zero, "argument --shard-size: 0 is not in [1, 10,000,000]")
 
@@ -357,7 +360,13 @@ def test_reference_out_keeps_the_users_file_and_fails_before_the_features(tmp_pa
     argv = ["reference", "--source", "fashion-mnist:test", "--out", str(mine)]
     refused(capsys, evaluation.main, lambda a: a, argv, "already exists and is not a reference", tmp_path)
     read_only = ["reference", "--source", "fashion-mnist:test", "--out", "/proc/version/ref.npz"]
-    refused(capsys, evaluation.main, lambda a: a, read_only, "--out /proc/version is not writable")
+    refused(
+        capsys,
+        evaluation.main,
+        lambda a: a,
+        read_only,
+        "--out /proc/version cannot be created: /proc/version is a file",
+    )
     limit = ["reference", "--source", "fashion-mnist:test", "--out", str(tmp_path / "r.npz"), "--limit", "-5"]
     refused(capsys, evaluation.main, lambda a: a, limit, "argument --limit: -5 is not in [1, 10,000,000]")
 
@@ -526,7 +535,9 @@ def test_an_output_path_that_is_a_file_or_read_only_is_one_line(model_dir, tmp_p
     run_in_file = cfg_args(tmp_path / "file", idx_dir)
     refused(capsys, train_script.main, train_script.parse_args, run_in_file, "train.output_dir", tmp_path)
     argv = ["--model", str(model_dir), "--class-labels", "1", "--out", "/proc/version/x"]
-    refused(capsys, sample.main, sample.parse_args, argv, "is not writable")
+    refused(capsys, sample.main, sample.parse_args, argv, "x cannot be created: /proc/version is a file")
+    argv = ["--model", str(model_dir), "--class-labels", "1", "--out", "/proc/flashdit"]
+    refused(capsys, sample.main, sample.parse_args, argv, "--out /proc/flashdit is not writable")
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(tmp_path, idx_dir, capsys):

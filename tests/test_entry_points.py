@@ -14,7 +14,7 @@ ONE_THREAD = ["--threads", "1", "--repeats", "1"]
 
 def run(script: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
+        [sys.executable, "-m", script.removesuffix(".py").replace("/", "."), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -129,8 +129,7 @@ def test_bench_linear_times_both_backends_and_names_the_route_taken():
 
 
 def test_round_robin_timer_alternates_the_order_of_the_variants():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from common import time_round_robin
+    from bench.common import time_round_robin
 
     calls = []
     time_round_robin({n: (lambda n=n: calls.append(n)) for n in "abc"}, repeats=3, warmup=0)
@@ -140,8 +139,7 @@ def test_round_robin_timer_alternates_the_order_of_the_variants():
 def test_flop_count_counts_a_depthwise_convolution_per_group():
     import torch
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from common import count_flops
+    from bench.common import count_flops
 
     B, C, H, W, K = 2, 8, 5, 6, 3
     conv = torch.nn.Conv2d(C, C, K, padding=1, groups=C)
@@ -232,8 +230,7 @@ def test_depth_study_takes_every_seeds_guidance_from_seed_0s_sweep(tmp_path):
     assert "conv-d8 has no guidance sweep yet" in proc.stderr and "add seed 0" in proc.stderr
     assert not any(tmp_path.iterdir())
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import depth_study
+    from scripts import depth_study
 
     sweep = tmp_path / "conv-d8-s0"
     sweep.mkdir()
@@ -246,10 +243,8 @@ def test_depth_study_takes_every_seeds_guidance_from_seed_0s_sweep(tmp_path):
 
 
 def test_depth_study_rows_stay_on_the_papers_16x16_grid_whatever_the_quickstart_patch():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import depth_study
-
     from flashdit.config import load_config
+    from scripts import depth_study
 
     assert load_config(ROOT / "configs" / "fashion_mnist.yaml").model.patch_size == 4  # the quickstart moved on
     for row in depth_study.ROWS:
@@ -260,10 +255,8 @@ def test_depth_study_rows_stay_on_the_papers_16x16_grid_whatever_the_quickstart_
 def test_depth_study_refuses_runs_made_before_the_shipped_recipe_changed(tmp_path):
     """The spec holds the whole resolved recipe, so a changed quickstart config (here its learning rate) between
     two sittings is refused, naming the setting, instead of resuming old runs under the new recipe."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import depth_study
-
     from flashdit.config import load_config
+    from scripts import depth_study
 
     args = depth_study.parse_args(["--steps", "3", "--out", str(tmp_path)])
     spec = depth_study.run_spec("flashdit-d4-win4", 0, args)
@@ -285,8 +278,7 @@ def test_depth_study_refuses_runs_made_before_the_shipped_recipe_changed(tmp_pat
 def test_depth_study_keeps_records_in_git_and_retrains_only_for_stages_left(tmp_path):
     """A fresh checkout has a run's committed record but not its weights: the training stage is skipped, and the
     run is trained again only when a stage that needs the weights has not recorded its result."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import depth_study
+    from scripts import depth_study
 
     ignore = (ROOT / "docs" / "depth_study" / ".gitignore").read_text()
     for kept in ("spec.json", "train.json", "scores.jsonl", "loss.json"):
@@ -312,8 +304,7 @@ def test_depth_study_keeps_records_in_git_and_retrains_only_for_stages_left(tmp_
 def test_depth_study_times_a_resumed_run_by_its_training_log_not_by_the_last_sitting(tmp_path):
     """A run stopped mid-way and resumed records where it resumed, and the seconds of steps that its training log
     holds for the whole run (the log windows' steps over their images/s), not only the last sitting's wall clock."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import depth_study
+    from scripts import depth_study
 
     log = tmp_path / "metrics.jsonl"
     entries = [{"step": 50, "images_per_sec": 16.0}, {"step": 60, "fid": 3.0}, {"step": 100, "images_per_sec": 32.0}]

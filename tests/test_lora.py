@@ -10,6 +10,7 @@ from test_training import cfg_args, run_train
 
 from flashdit import FlashDiTPipeline
 from flashdit.data import load_idx_split, pad_and_scale
+from flashdit.errors import UserError
 from flashdit.evaluation import held_out_flow_loss
 
 pytest.importorskip("peft")
@@ -67,7 +68,9 @@ def test_only_adapter_weights_change(runs):
 def test_saved_adapter_reloads_to_the_fine_tuned_outputs(runs):
     adapter = load_file(runs / "ft" / "lora" / "pytorch_lora_weights.safetensors")
     ema = load_file(runs / "ft" / "checkpoints" / "step_0000030" / "ema.safetensors")
-    assert adapter and all(torch.equal(v, ema[k.replace(".weight", ".default.weight")]) for k, v in adapter.items())
+    assert adapter and all(k.startswith("transformer.") for k in adapter)  # diffusers' pipeline format
+    own = {k.removeprefix("transformer.").replace(".weight", ".default.weight"): v for k, v in adapter.items()}
+    assert all(torch.equal(v, ema[k]) for k, v in own.items())
 
     pipe = FlashDiTPipeline.from_pretrained(runs / "base" / "pipeline")
     untouched = pipe([1, 2], generator=gens([0, 1]), output_type="np").images
@@ -88,3 +91,60 @@ def test_lora_on_the_depthwise_conv_is_refused_with_the_reason(tmp_path, idx_dir
         from flashdit.training import load_base_model
 
         load_base_model(str(runs / "base" / "pipeline"), dict(channels=3, size=32, num_classes=10))
+
+
+def test_pipeline_lora_methods_behave_as_in_diffusers(runs, tmp_path):
+    """set_adapters, fuse/unfuse, disable/enable, unload and save on the pipeline, each against the plain base and
+    the merged fine-tune; a file in the transformer's own format (no ``transformer.`` prefix) loads too."""
+    pipe = FlashDiTPipeline.from_pretrained(runs / "base" / "pipeline")
+
+    def images():
+        return pipe([1, 2], generator=gens([0, 1]), output_type="np").images
+
+    base = images()
+    merged = FlashDiTPipeline.from_pretrained(runs / "ft" / "pipeline")(
+        [1, 2], generator=gens([0, 1]), output_type="np"
+    )
+    pipe.load_lora_weights(runs / "ft" / "lora", adapter_name="ft")
+    tuned = images()
+    np.testing.assert_allclose(tuned, merged.images, atol=1e-5)
+    pipe.set_adapters(["ft"], [0.0])
+    np.testing.assert_allclose(images(), base, atol=1e-6)
+    pipe.set_adapters(["ft"], [1.0])
+    pipe.disable_lora()
+    np.testing.assert_allclose(images(), base, atol=1e-6)
+    pipe.enable_lora()
+    np.testing.assert_allclose(images(), tuned, atol=1e-6)
+    pipe.fuse_lora()
+    np.testing.assert_allclose(images(), tuned, atol=1e-5)
+    pipe.unfuse_lora()
+    np.testing.assert_allclose(images(), tuned, atol=1e-5)
+
+    out = tmp_path / "saved"
+    from peft.utils import get_peft_model_state_dict
+
+    layers = get_peft_model_state_dict(pipe.transformer, adapter_name="ft")
+    FlashDiTPipeline.save_lora_weights(out, transformer_lora_layers=layers)
+    saved = load_file(out / "pytorch_lora_weights.safetensors")
+    assert saved and all(k.startswith("transformer.") for k in saved)
+    pipe.unload_lora_weights()
+    np.testing.assert_allclose(images(), base, atol=1e-6)
+    assert not any("lora" in k for k in pipe.transformer.state_dict())
+
+    pipe.load_lora_weights(out, adapter_name="again")
+    np.testing.assert_allclose(images(), tuned, atol=1e-5)
+    pipe.unload_lora_weights()
+    own = tmp_path / "own" / "pytorch_lora_weights.safetensors"
+    own.parent.mkdir()
+    from safetensors.torch import save_file
+
+    save_file({k.removeprefix("transformer."): v.contiguous() for k, v in saved.items()}, own)
+    pipe.load_lora_weights(own.parent, adapter_name="own")
+    np.testing.assert_allclose(images(), tuned, atol=1e-5)
+
+
+def test_a_state_dict_that_is_not_lora_is_refused(runs):
+    pipe = FlashDiTPipeline.from_pretrained(runs / "base" / "pipeline")
+    weights = {"transformer.blocks.0.mlp.w3.weight": torch.zeros(2, 2)}
+    with pytest.raises(UserError, match="not a LoRA state dict"):
+        pipe.load_lora_weights(weights)

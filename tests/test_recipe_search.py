@@ -1,13 +1,11 @@
 """scripts/recipe_search.py: the budget arithmetic, the refusal to mix specs, and the choice of winners."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import recipe_search as rs
+from scripts import recipe_search as rs
 
 
 def fake_cost():

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 CPU_LINEAR_BACKENDS = ("onednn", "blas")
-# below these sizes oneDNN's per-call overhead outweighs its faster kernel (python bench/linear.py --small)
+# below these sizes oneDNN's per-call overhead outweighs its faster kernel (python -m bench.linear --small)
 ONEDNN_MIN_ROWS = 128
 ONEDNN_MIN_MACS = 2**24
 
