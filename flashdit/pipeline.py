@@ -389,15 +389,16 @@ class FlashDiTPipeline(DiffusionPipeline, SanaLoraLoaderMixin):
         """Transformer evaluations per image in the running (or last) call; a guided one counts twice."""
         return self._model_evaluations
 
-    def integrate(self, latents: torch.Tensor, velocity, settings: SamplingSettings, scheduler, generator, callback):
+    def integrate(self, latents, velocity, settings: SamplingSettings, scheduler, generator, callback, sigmas=None):
         """From noise (t = 0) to data (t = 1): ``scheduler``'s steps (Euler on the pipeline's own time grid), or
-        FlashDiT's SDE sampler when ``scheduler`` is None. ``callback(i, t, x)`` sees each evaluation's flow time."""
+        FlashDiT's SDE sampler when ``scheduler`` is None; ``sigmas``, a call's own grid. ``callback(i, t, x)`` sees
+        each evaluation's flow time."""
         n, shift = settings.num_inference_steps, settings.timestep_shift
         if scheduler is None:
-            times = flow.time_grid(n, shift)
-            self._num_timesteps = n
+            times = flow.time_grid(n, shift) if sigmas is None else torch.tensor([1 - s for s in sigmas] + [1.0])
+            self._num_timesteps = len(times) - 1
         else:
-            times = schedulers.set_timesteps(scheduler, n, shift, latents.device)
+            times = schedulers.set_timesteps(scheduler, n, shift, latents.device, sigmas)
             self._num_timesteps = len(times)
         with self.progress_bar(total=self._num_timesteps) as progress:
 
@@ -429,6 +430,8 @@ class FlashDiTPipeline(DiffusionPipeline, SanaLoraLoaderMixin):
         timestep_shift: float | None = NOT_GIVEN,
         sampler: str | None = NOT_GIVEN,
         cfg_channels: int | None = NOT_GIVEN,
+        timesteps: Sequence[float] | None = None,
+        sigmas: Sequence[float] | None = None,
         num_images_per_prompt: int = 1,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -449,6 +452,10 @@ class FlashDiTPipeline(DiffusionPipeline, SanaLoraLoaderMixin):
                 .from_config(pipe.scheduler.config)``), else the stored sampler.
             cfg_channels: guide only the first N channels; ``None`` guides all channels, whatever the pipeline
                 stores; left out, the stored value (then all channels).
+            sigmas, timesteps: a grid of the call's own instead of ``num_inference_steps`` and ``timestep_shift``, as
+                in diffusers: noise levels from near 1 down (``sigma = 1 - t``; the final 0 is added), or the same
+                times 1000 (``num_train_timesteps``). For the Euler, UniPC and SDE samplers; a shift configured on the
+                scheduler applies to them, as in diffusers.
             height, width: output size in pixels, any positive multiple of VAE factor x patch size,
                 non-square allowed; defaults to the training size.
             generator: one generator, or one per image: image ``i`` then depends only on
@@ -480,8 +487,11 @@ class FlashDiTPipeline(DiffusionPipeline, SanaLoraLoaderMixin):
         given = {k: v for k, v in given.items() if v is not None}  # diffusers callers pass None for "default"
         settings = SamplingSettings.from_dict(self.config.sampling).updated(**given, cfg_channels=cfg_channels)
         self.check_inputs(output_type, num_images_per_prompt, callback_on_step_end_tensor_inputs)
+        custom = schedulers.custom_sigmas(sigmas, timesteps, self.scheduler.config.get("num_train_timesteps", 1000))
+        if custom is not None and timestep_shift not in (None, NOT_GIVEN):
+            raise UserError("timestep_shift applies to the pipeline's own grid; with sigmas or timesteps, shift them")
         name, scheduler = self.resolve_sampler(settings.sampler if sampler not in (None, NOT_GIVEN) else NOT_GIVEN)
-        if scheduler is not None:
+        if scheduler is not None and custom is None:
             schedulers.effective_shift(scheduler, settings.timestep_shift)
         self._guidance_scale, self._interrupt, self._model_evaluations = settings.guidance_scale, False, 0
 
@@ -502,7 +512,7 @@ class FlashDiTPipeline(DiffusionPipeline, SanaLoraLoaderMixin):
             return callback_on_step_end(self, i, t, {"latents": x}).pop("latents", x)
 
         velocity = self._guided_velocity(settings, labels, autocast)
-        latents = self.integrate(latents, velocity, settings, scheduler, generator, callback)
+        latents = self.integrate(latents, velocity, settings, scheduler, generator, callback, custom)
         if not torch.isfinite(latents).all():
             raise UserError(
                 "sampling produced NaN or inf values: the model's velocity overflowed (check the weights, or lower "

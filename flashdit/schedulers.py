@@ -14,6 +14,7 @@ import contextlib
 import inspect
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from diffusers import (
     DPMSolverMultistepScheduler,
@@ -127,9 +128,44 @@ def _configured(scheduler, key: str, value: float) -> Iterator[None]:
         scheduler.register_to_config(**{key: old})
 
 
-def set_timesteps(scheduler, num_steps: int, timestep_shift: float, device) -> list[float]:
+# the schedulers whose set_timesteps takes a grid of sigmas (the others build their own from a step count)
+TAKES_SIGMAS = ("euler", "unipc")
+
+
+def custom_sigmas(sigmas=None, timesteps=None, num_train_timesteps: int = 1000) -> list[float] | None:
+    """A call's own grid, diffusers' way: ``sigmas`` (noise level of each step, from near 1 down, without the final 0)
+    or ``timesteps`` (``sigma · num_train_timesteps``); checked to fall strictly inside (0, 1]."""
+    if sigmas is not None and timesteps is not None:
+        raise UserError("pass sigmas or timesteps, not both")
+    if timesteps is not None:
+        sigmas = [float(t) / num_train_timesteps for t in torch.as_tensor(timesteps).flatten().tolist()]
+    if sigmas is None:
+        return None
+    what = "timesteps" if timesteps is not None else "sigmas"
+    values = [float(v) for v in torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()]
+    scale = f" / {num_train_timesteps}" if timesteps is not None else ""
+    if not values or not all(0 < v <= 1 for v in values) or any(b >= a for a, b in zip(values, values[1:])):
+        raise UserError(
+            f"{what} must be a non-empty, strictly decreasing list with every value{scale} in (0, 1] (noise first; "
+            f"the final 0 is added); got {list(sigmas if timesteps is None else timesteps)}"
+        )
+    return values
+
+
+def set_timesteps(scheduler, num_steps: int, timestep_shift: float, device, sigmas=None) -> list[float]:
     """Build ``scheduler``'s grid for a call and return the flow time ``t = 1 - sigma`` of each model evaluation
-    (one per entry of ``scheduler.timesteps``)."""
+    (one per entry of ``scheduler.timesteps``). ``sigmas``: the call's own grid (:func:`custom_sigmas`), given to the
+    scheduler as diffusers' pipelines give it (a shift configured on the scheduler applies; ``timestep_shift`` does
+    not)."""
+    if sigmas is not None:
+        name = sampler_name(scheduler)
+        if name not in TAKES_SIGMAS:
+            raise UserError(
+                f"custom sigmas or timesteps need a scheduler that takes a grid ({', '.join(TAKES_SIGMAS)}, or the sde "
+                f"sampler); {type(scheduler).__name__} builds its own from num_inference_steps"
+            )
+        scheduler.set_timesteps(sigmas=np.asarray(sigmas), device=device)  # UniPC does arithmetic on it
+        return (1 - scheduler.sigmas[: len(scheduler.timesteps)].double()).tolist()
     shift = effective_shift(scheduler, timestep_shift)
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         # the pipeline's own grid; the scheduler shifts what it is given, so it gets the grid it would shift

@@ -196,6 +196,16 @@ def test_stored_defaults_apply_and_call_arguments_override():
         pixel_pipe(sampling=dict(cfg=4.0))
 
 
+def test_labels_in_dit_pipelines_shapes_give_the_same_images():
+    """DiTPipeline takes [[1], [2]] and a (B, 1) tensor for [1, 2]; so does FlashDiTPipeline."""
+    pipe = pixel_pipe(sampling=dict(num_inference_steps=2))
+    want = pipe([1, 2], generator=gens([0, 1]), output_type="np").images
+    for labels in ([[1], [2]], torch.tensor([[1], [2]]), torch.tensor([1, 2]), ([1], "class2")):
+        np.testing.assert_array_equal(pipe(labels, generator=gens([0, 1]), output_type="np").images, want)
+    with pytest.raises(ValueError):
+        pipe([[1, 2]], output_type="np")  # two labels for one image is not a label
+
+
 def test_class_names_and_imagenet_labels():
     pipe = pixel_pipe()
     assert pipe.get_label_ids("alias3") == [3]

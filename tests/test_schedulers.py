@@ -19,6 +19,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from test_pipeline import gens, pixel_pipe
 
 from flashdit import flow, schedulers
+from flashdit.errors import UserError
 from flashdit.pipeline import FlashDiTPipeline
 
 SWAPS = {
@@ -191,3 +192,50 @@ def test_an_exported_pipeline_carries_the_recipes_sampler_as_its_scheduler():
         assert pipe.config.sampling["sampler"] == sampler
     sde = make_pipeline(tiny_transformer(), info, load_config(None, ["sample.sampler=sde"]))
     assert sde.resolve_sampler() == ("sde", None)
+
+
+def test_sigmas_and_timesteps_are_a_grid_of_the_calls_own():
+    """diffusers' ``sigmas`` / ``timesteps`` call arguments: the shifted grid given as sigmas is the shifted call;
+    timesteps are the same sigmas times 1000; UniPC and the SDE sampler take the grid too."""
+    x = torch.randn(4, 2, 2, 2, generator=torch.Generator().manual_seed(2))
+    grid = 1 - flow.time_grid(7, 0.4)[:-1].double()
+    pipe = gaussian_pipe()
+    want = pipe([0] * 4, latents=x, num_inference_steps=7, timestep_shift=0.4, output_type="latent").images
+    by_sigmas = pipe([0] * 4, latents=x, sigmas=grid.tolist(), output_type="latent").images
+    by_timesteps = pipe([0] * 4, latents=x, timesteps=(1000 * grid).tolist(), output_type="latent").images
+    torch.testing.assert_close(by_sigmas, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(by_timesteps, want, atol=1e-5, rtol=1e-5)
+    assert pipe.num_timesteps == 7
+
+    unipc = swapped(gaussian_pipe(), "unipc")
+    own = unipc([0] * 4, latents=x, num_inference_steps=6, timestep_shift=1.0, output_type="latent").images
+    linear = np.linspace(1, 1 / 1000, 7)[:-1].tolist()  # UniPC's own flow grid at shift 1
+    custom = unipc([0] * 4, latents=x, sigmas=linear, output_type="latent").images
+    torch.testing.assert_close(custom, own, atol=1e-6, rtol=1e-6)
+
+    sde = gaussian_pipe()
+    kwargs = dict(latents=x, sampler="sde", output_type="latent")
+    a = sde([0] * 4, generator=gens([0, 1, 2, 3]), num_inference_steps=5, timestep_shift=0.5, **kwargs).images
+    sigmas = (1 - flow.time_grid(5, 0.5)[:-1]).tolist()
+    b = sde([0] * 4, generator=gens([0, 1, 2, 3]), sigmas=sigmas, **kwargs).images
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sigmas=[1.0, 0.5], timesteps=[1000, 500]), "pass sigmas or timesteps, not both"),
+        (dict(sigmas=[0.5, 0.7]), "strictly decreasing"),
+        (dict(sigmas=[1.5, 0.5]), r"in \(0, 1\]"),
+        (dict(timesteps=[1000, 0]), r"every value / 1000 in \(0, 1\]"),
+        (dict(sigmas=[]), "non-empty"),
+        (dict(sigmas=[1.0, 0.5], timestep_shift=0.5), "timestep_shift applies to the pipeline's own grid"),
+        (dict(sigmas=[1.0, 0.5], sampler="heun"), "FlowMatchHeunDiscreteScheduler builds its own"),
+        (dict(sigmas=[1.0, 0.5], sampler="dpm++"), "DPMSolverMultistepScheduler builds its own"),
+    ],
+)
+def test_bad_grids_are_refused_before_sampling(kwargs, match):
+    pipe = gaussian_pipe()
+    with pytest.raises(UserError, match=match):
+        pipe([0], output_type="latent", **kwargs)
+    assert pipe.transformer.calls == 0
