@@ -22,9 +22,10 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders.lora_pipeline import SanaLoraLoaderMixin  # diffusers' loader for a transformer-only pipeline
 from diffusers.utils import constants as diffusers_constants
 from filelock import FileLock
+from huggingface_hub import hf_hub_download
 
-from . import flow, schedulers
-from .errors import UserError
+from . import flow, official, schedulers
+from .errors import ConversionError, UserError
 from .models.transformer import FlashDiTTransformer2DModel
 from .outputs import save_dir_atomically
 from .settings import NOT_GIVEN, SamplingSettings
@@ -197,6 +198,71 @@ class FlashDiTPipeline(DiffusionPipeline, SanaLoraLoaderMixin):
             pipe = super().from_pretrained(path, **kwargs)
         check_weights_finite(pipe, str(pretrained_model_name_or_path))
         return pipe
+
+    @classmethod
+    def from_single_file(
+        cls,
+        pretrained_model_link_or_path: str | os.PathLike,
+        kind: str | None = None,
+        vae: AutoencoderKL | str | os.PathLike | None = None,
+        latents_stats: str | os.PathLike | tuple[Sequence[float], Sequence[float]] | None = None,
+        epochs: int | None = None,
+        sample_size: int = 16,
+        num_heads: int | None = None,
+        window_size: int = 8,
+        vae_config: dict | None = None,
+        vae_ignore_prefixes: tuple[str, ...] = official.VAVAE_TRAINING_ONLY,
+        torch_dtype: torch.dtype | None = None,
+        **kwargs,
+    ) -> FlashDiTPipeline:
+        """A pipeline from one official ``.pt`` checkpoint, diffusers' ``from_single_file``: the FlashDiT release or
+        LightningDiT (``kind``, else told from the keys), with the authors' sampling settings stored.
+
+        Args:
+            pretrained_model_link_or_path: a local file, ``https://huggingface.co/<repo>/blob/<revision>/<file>`` or
+                ``<owner>/<repo>/<file>`` (downloaded with ``cache_dir``, ``token``, ``revision``,
+                ``local_files_only`` from ``kwargs``).
+            vae: an ``AutoencoderKL``, a diffusers AutoencoderKL directory, or a VA-VAE ``.pt`` (converted with
+                ``vae_config`` and ``vae_ignore_prefixes``); None for a latent-only pipeline.
+            latents_stats: ``latents_stats.pt`` or ``(mean, std)`` per latent channel.
+            epochs: LightningDiT's release (64 or 800), when the checkpoint does not record it.
+            sample_size, num_heads, window_size: the latent grid, heads for widths outside the size registry, and the
+                FlashDiT window (8 in the official release).
+        """
+        path = _single_file(pretrained_model_link_or_path, kwargs)
+        checkpoint = official.load_checkpoint(path)
+        state = official.checkpoint_tensors(checkpoint, path)
+        kind = kind or official.detect_kind(state)
+        if kind is None:
+            raise ConversionError(
+                f"{path} is neither an official FlashDiT nor a LightningDiT checkpoint by its keys; pass kind="
+                "'flashdit' or kind='lightningdit' to convert it as one"
+            )
+        transformer = official.convert_transformer(state, kind, sample_size, num_heads, window_size)
+        key = (
+            "flashdit"
+            if kind == "flashdit"
+            else f"lightningdit-{official.lightningdit_release(checkpoint, epochs, path)}"
+        )
+        del checkpoint, state  # a training checkpoint's optimizer state is twice the model
+        if vae is not None and not isinstance(vae, AutoencoderKL):
+            vae_path = Path(vae)
+            if vae_path.is_dir():
+                vae = AutoencoderKL.from_pretrained(vae_path)
+            else:
+                vae = official.convert_vae(official.load_state_dict(vae_path), vae_config, tuple(vae_ignore_prefixes))
+        if latents_stats is not None and not isinstance(latents_stats, (tuple, list)):
+            latents_stats = official.load_latent_stats(latents_stats)
+        pipe = cls(
+            transformer,
+            FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            id2label=imagenet_id2label() if transformer.config.num_classes == 1000 else None,
+            latents_mean=list(latents_stats[0]) if latents_stats else None,
+            latents_std=list(latents_stats[1]) if latents_stats else None,
+            sampling=official.AUTHORS_SAMPLING[key],
+        )
+        return pipe.to(torch_dtype) if torch_dtype is not None else pipe
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None, **kwargs):
         """Add a LoRA adapter to the transformer (needs peft): a directory, hub id or state dict in diffusers' pipeline
@@ -525,6 +591,23 @@ class FlashDiTPipeline(DiffusionPipeline, SanaLoraLoaderMixin):
             images = self.image_processor.postprocess(images.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+
+_HUB_FILE = re.compile(r"^(?:https://huggingface\.co/)?([\w.-]+/[\w.-]+)/(?:(?:blob|resolve)/([^/]+)/)?(.+)$")
+
+
+def _single_file(link_or_path: str | os.PathLike, kwargs: dict) -> Path:
+    """A local checkpoint, or one on the Hub (``https://huggingface.co/<repo>/blob/<revision>/<file>`` or
+    ``<owner>/<repo>/<file>``) downloaded to the cache."""
+    path = Path(link_or_path)
+    if path.is_file():
+        return path
+    match = _HUB_FILE.match(str(link_or_path))
+    if match is None or path.exists() or str(link_or_path).startswith((".", "/")):
+        raise FileNotFoundError(f"no checkpoint at {link_or_path} (a file, or a Hub file <owner>/<repo>/<file>)")
+    repo, revision, filename = match.groups()
+    options = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only", "force_download") if k in kwargs}
+    return Path(hf_hub_download(repo, filename, revision=kwargs.get("revision", revision), **options))
 
 
 def check_weights_finite(pipe: FlashDiTPipeline, source: str) -> None:

@@ -161,8 +161,8 @@ def set_timesteps(scheduler, num_steps: int, timestep_shift: float, device, sigm
         name = sampler_name(scheduler)
         if name not in TAKES_SIGMAS:
             raise UserError(
-                f"custom sigmas or timesteps need a scheduler that takes a grid ({', '.join(TAKES_SIGMAS)}, or the sde "
-                f"sampler); {type(scheduler).__name__} builds its own from num_inference_steps"
+                f"custom sigmas or timesteps need a scheduler that takes a grid ({', '.join(TAKES_SIGMAS)}, or the "
+                f"sde sampler); {type(scheduler).__name__} builds its own from num_inference_steps"
             )
         scheduler.set_timesteps(sigmas=np.asarray(sigmas), device=device)  # UniPC does arithmetic on it
         return (1 - scheduler.sigmas[: len(scheduler.timesteps)].double()).tolist()

@@ -163,6 +163,17 @@ def score(name: str, pipeline: Path, guidance: float, n: int, work: Path, prc: b
 # stages
 
 
+PROXY_TIE = 3.0  # FID-500 points: differences below this are within the proxy's seed-to-seed spread
+
+
+def choose(results: dict) -> dict:
+    """The candidate with the best proxy FID-500, or, among those within ``PROXY_TIE`` of it, the one that
+    reconstructs best (lowest rFID-1000)."""
+    best = min(r["best"]["fid"] for r in results.values())
+    ties = [r for r in results.values() if r["best"]["fid"] <= best + PROXY_TIE]
+    return min(ties, key=lambda r: r["reconstruction"]["rfid"])
+
+
 def stage_ae(args, work: Path) -> tuple[int, float]:
     """The autoencoder candidates; returns the chosen (C, KL weight)."""
     results = {}
@@ -187,7 +198,7 @@ def stage_ae(args, work: Path) -> tuple[int, float]:
         if round_ == 0:
             best_c = min((r for r in results.values()), key=lambda r: r["best"]["fid"])["c"]
     (DOCS / "ae_sweep.json").write_text(json.dumps(results, indent=1, default=str))
-    chosen = min(results.values(), key=lambda r: r["best"]["fid"])
+    chosen = choose(results)
     kl = next((o.split("=")[1] for o in chosen["overrides"] if o.startswith("loss.kl_weight")), "1e-6")
     return chosen["c"], float(kl)
 

@@ -577,3 +577,64 @@ def test_lightningdit_release_needs_the_flag_when_the_checkpoint_does_not_say(tm
     for path, epochs in ((bare, 64), (odd, 800)):  # the flag decides what the checkpoint does not
         convert_main([*argv, path, "--epochs", str(epochs)])
         assert FlashDiTPipeline.from_pretrained(out).config.sampling == AUTHORS_SAMPLING[f"lightningdit-{epochs}"]
+
+
+# ------------------------------------------------------------------ FlashDiTPipeline.from_single_file
+
+
+def test_from_single_file_is_the_converter_in_python(tmp_path, monkeypatch):
+    """The same pipeline as ``python -m flashdit.convert``, the kind told from the keys, the VAE given as a module
+    or a file, and a Hub file path resolved through ``hf_hub_download``."""
+    torch.save({"ema": official_state("flashdit", num_classes=1000)}, tmp_path / "flashdit.pt")
+    torch.save({"state_dict": ldm_vae_state()}, tmp_path / "vae.pt")
+    convert_main(
+        ["flashdit", "--ckpt", str(tmp_path / "flashdit.pt"), "--num-heads", str(HEADS), "--out", str(tmp_path / "p")]
+    )
+    by_cli = FlashDiTPipeline.from_pretrained(tmp_path / "p")
+    pipe = FlashDiTPipeline.from_single_file(tmp_path / "flashdit.pt", num_heads=HEADS)  # kind from the keys
+    assert pipe.config.sampling == AUTHORS_SAMPLING["flashdit"] == by_cli.config.sampling
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(pipe.transformer.config) == public(by_cli.transformer.config)
+    for k, v in by_cli.transformer.state_dict().items():
+        torch.testing.assert_close(pipe.transformer.state_dict()[k], v, rtol=0, atol=0)
+
+    vae = convert_vae(load_state_dict(tmp_path / "vae.pt"), TINY_VAE)
+    with_vae = FlashDiTPipeline.from_single_file(
+        tmp_path / "flashdit.pt", num_heads=HEADS, vae=vae, latents_stats=([0.0] * 4, [2.0] * 4)
+    )
+    assert with_vae.vae is vae and with_vae.config.latents_std == [2.0] * 4
+    from_file = FlashDiTPipeline.from_single_file(
+        tmp_path / "flashdit.pt", num_heads=HEADS, vae=tmp_path / "vae.pt", vae_config=TINY_VAE
+    )
+    for k, v in vae.state_dict().items():
+        torch.testing.assert_close(from_file.vae.state_dict()[k], v, rtol=0, atol=0)
+
+    asked = []
+
+    def fake_download(repo, filename, revision=None, **kwargs):
+        asked.append((repo, filename, revision))
+        return str(tmp_path / "flashdit.pt")
+
+    monkeypatch.setattr("flashdit.pipeline.hf_hub_download", fake_download)
+    FlashDiTPipeline.from_single_file(
+        "https://huggingface.co/owner/flashdit-xl/blob/v1/ckpt/flashdit-xl.pt", num_heads=HEADS
+    )
+    FlashDiTPipeline.from_single_file("owner/flashdit-xl/flashdit-xl.pt", num_heads=HEADS)
+    assert asked == [("owner/flashdit-xl", "ckpt/flashdit-xl.pt", "v1"), ("owner/flashdit-xl", "flashdit-xl.pt", None)]
+
+
+def test_from_single_file_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at /nowhere/x.pt"):
+        FlashDiTPipeline.from_single_file("/nowhere/x.pt")
+    state = official_state("flashdit")
+    state["blocks.0.adaLN_modulation.1.weight"] = state["blocks.0.adaLN_modulation.1.weight"][: 5 * D]
+    torch.save(state, tmp_path / "odd.pt")
+    with pytest.raises(ConversionError, match="neither an official FlashDiT nor a LightningDiT checkpoint"):
+        FlashDiTPipeline.from_single_file(tmp_path / "odd.pt")
+    torch.save(official_state("lightningdit"), tmp_path / "ldit.pt")
+    with pytest.raises(ConversionError, match="looks like a LightningDiT checkpoint"):
+        FlashDiTPipeline.from_single_file(tmp_path / "ldit.pt", kind="flashdit")
+    with pytest.raises(ConversionError, match="does not record its training length"):
+        FlashDiTPipeline.from_single_file(tmp_path / "ldit.pt", num_heads=HEADS)
+    pipe = FlashDiTPipeline.from_single_file(tmp_path / "ldit.pt", num_heads=HEADS, epochs=64)
+    assert pipe.config.sampling == AUTHORS_SAMPLING["lightningdit-64"]
