@@ -148,3 +148,24 @@ def test_a_state_dict_that_is_not_lora_is_refused(runs):
     weights = {"transformer.blocks.0.mlp.w3.weight": torch.zeros(2, 2)}
     with pytest.raises(UserError, match="not a LoRA state dict"):
         pipe.load_lora_weights(weights)
+
+
+def test_diffusers_lora_script_targets_adapt_the_attention_projections():
+    """``target_modules=["to_k", "to_q", "to_v", "to_out.0"]`` (diffusers' LoRA training scripts) adapts the fused
+    qkv and the output projection of every block, and nothing else (not the patch embedding's ``proj``)."""
+    from peft import LoraConfig
+
+    from flashdit.models.transformer import FlashDiTTransformer2DModel
+
+    model = FlashDiTTransformer2DModel(
+        sample_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2
+    )
+    model.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    adapted = sorted({n.split(".lora_")[0] for n, _ in model.named_parameters() if ".lora_" in n})
+    assert adapted == [f"blocks.{i}.mixer.attn.{m}" for i in range(2) for m in ("proj", "qkv")]
+    own = FlashDiTTransformer2DModel(sample_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2)
+    own.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["w3"]))  # the model's own names pass unchanged
+    assert sorted({n.split(".lora_")[0] for n, _ in own.named_parameters() if ".lora_" in n}) == [
+        "blocks.0.mlp.w3",
+        "blocks.1.mlp.w3",
+    ]

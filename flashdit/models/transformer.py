@@ -8,6 +8,8 @@ LightningDiT, ``"window"`` is plain window attention, ``"conv"`` the depthwise c
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
@@ -122,6 +124,10 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c)[:, None, None].chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+# diffusers' attention projection names (LoRA target_modules in its training scripts) -> this model's modules
+DIFFUSERS_LORA_NAMES = {n: "mixer.attn.qkv" for n in ("to_q", "to_k", "to_v")} | {"to_out.0": "mixer.attn.proj"}
 
 
 class FlashDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin):
@@ -395,6 +401,15 @@ class FlashDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAd
         """Nothing to do: the fused qkv Linear is the model's own layout, there are no separate projections to
         return to."""
         logger.info("unfuse_qkv_projections: FlashDiT's attention has only its fused qkv Linear; nothing to undo")
+
+    def add_adapter(self, adapter_config, adapter_name: str = "default") -> None:
+        """PEFT's ``add_adapter``. The target names of diffusers' LoRA training scripts, ``to_q`` / ``to_k`` / ``to_v``
+        (one fused ``qkv`` here) and ``to_out.0`` (``proj``), adapt this model's attention projections."""
+        targets = adapter_config.target_modules
+        if isinstance(targets, (list, set, tuple)) and any(t in DIFFUSERS_LORA_NAMES for t in targets):
+            adapter_config = copy.copy(adapter_config)
+            adapter_config.target_modules = {DIFFUSERS_LORA_NAMES.get(t, t) for t in targets}
+        super().add_adapter(adapter_config, adapter_name)
 
     def set_cpu_linear_backend(self, backend: str) -> None:
         """How the token-wise linear layers (qkv, projection, MLP, output) run float32 on the CPU: ``"onednn"``
