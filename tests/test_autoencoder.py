@@ -154,3 +154,30 @@ def test_the_autoencoder_output_follows_the_out_rule(latent_run, tmp_path, idx_d
     argv = ae_args(out, idx_dir)
     refused(capsys, autoencoder.main, autoencoder.parse_args, argv, "not a diffusers AutoencoderKL", out)
     assert snapshot(out) == {"vae/notes.txt": b"mine"}
+
+
+def test_the_readmes_latent_commands_chain_as_written():
+    """The README's three latent commands, as a fresh clone runs them: the autoencoder recipe's output is what extract
+    reads, extract writes what the latent recipe trains on, at the autoencoder's resolution."""
+    import shlex
+
+    from flashdit.autoencoder import AutoencoderConfig
+    from flashdit.config import load_config
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("**VAE latents") :]
+    block = block[block.index("```bash") + 7 : block.index("```", block.index("```bash") + 7)]
+    commands = [shlex.split(c) for c in block.replace("\\\n", " ").strip().splitlines()]
+    assert [c[:2] for c in commands] == [["accelerate", "launch"], ["python", "-m"], ["accelerate", "launch"]]
+    ae, extract, train = commands
+    assert ae[ae.index("-m") + 1] == "flashdit.autoencoder" and "train.py" in train
+    ae_cfg = load_config(ROOT / ae[ae.index("--config") + 1], cls=AutoencoderConfig)
+    dit_cfg = load_config(ROOT / train[train.index("--config") + 1])
+
+    def flag(name):
+        return extract[extract.index(name) + 1]
+
+    assert flag("--vae") == f"{ae_cfg.train.output_dir}/vae"
+    assert flag("--out") == dit_cfg.data.path
+    assert int(flag("--resolution")) == ae_cfg.data.pad_to == 32
+    assert (dit_cfg.model.patch_size, dit_cfg.model.window_size, dit_cfg.model.kernel_size) == (1, 4, 3)
