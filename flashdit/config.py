@@ -15,48 +15,43 @@ from annotated_types import MinLen
 from pydantic import AfterValidator
 
 from .errors import ConfigError
-from .models.transformer import CONV_INITS, FLASHDIT_SIZES, MIXERS, MODULATIONS, POS_EMBEDS
+from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
 from .settings import SamplingSettings
-from .typed import STRICT_KEYS, Bool, Count, Float, Ge, Gt, Int, Interval, Str, load_yaml, validate
+from .typed import (
+    STRICT_KEYS,
+    Bool,
+    Count,
+    Float,
+    Ge,
+    Gt,
+    Int,
+    Interval,
+    Str,
+    load_yaml,
+    signature_dataclass,
+    validate,
+)
 
 __all__ = ["ConfigError", "ExperimentConfig", "from_dict", "load_config", "read_config_values", "to_dict"]
 
 
 SIZES = tuple(FLASHDIT_SIZES)
-OptCount = Annotated[Int, Ge(1)] | None  # a positive number, or None for the default
+OptCount = Count | None  # a positive number, or None for the default
 Fraction = Annotated[Float, Interval(ge=0, lt=1)]
 
 
-def _odd(k: int) -> int:
-    if k % 2 == 0:
-        raise ValueError("must be odd (a centred kernel)")
-    return k
-
-
-@dataclass
-class ModelConfig:
-    """The transformer. ``size`` picks a registry entry; any field set here overrides it."""
-
-    __pydantic_config__ = STRICT_KEYS
-
-    size: Literal[SIZES] | None = "FlashDiT-S/2"
-    in_channels: OptCount = None  # default: from the data
-    sample_size: OptCount = None  # default: from the data
-    num_classes: OptCount = None  # default: from the data
-    patch_size: OptCount = None
-    hidden_size: OptCount = None
-    depth: OptCount = None
-    num_heads: OptCount = None
-    mlp_ratio: Annotated[Float, Gt(0)] = 4.0
-    class_dropout_prob: Fraction = 0.1
-    mixer: Literal[MIXERS] = "iwin"
-    window_size: Annotated[Int, Ge(1)] = 4
-    kernel_size: Annotated[Int, Ge(1), AfterValidator(_odd)] | None = 3
-    pos_embed: Literal[POS_EMBEDS] = "none"
-    qk_norm: Bool = False
-    qkv_bias: Bool = True
-    modulation: Literal[MODULATIONS] = "adaln-zero"
-    conv_init: Literal[CONV_INITS] = "pytorch"
+# The recipe's model: section is the transformer's signature (flashdit/models/transformer.py declares every option,
+# its type, range and default once), plus a registry ``size``; any field set overrides the size's. The size fields
+# and the data fields (channels, grid, classes: from the data) default to None; ``out_channels`` follows the data.
+MODEL_FROM_SIZE = ("patch_size", "hidden_size", "depth", "num_heads")
+MODEL_FROM_DATA = ("in_channels", "sample_size", "num_classes")
+ModelConfig = signature_dataclass(
+    FlashDiTTransformer2DModel.__init__,
+    "ModelConfig",
+    optional=MODEL_FROM_SIZE + MODEL_FROM_DATA,
+    skip=("out_channels",),
+    extra=[("size", Literal[SIZES] | None, "FlashDiT-S/2")],
+)
 
 
 @dataclass

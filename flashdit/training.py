@@ -9,6 +9,7 @@ study all run it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -42,7 +43,16 @@ from .checkpoint import (
     set_rng_state,
     trim_metrics,
 )
-from .config import DataConfig, ExperimentConfig, ModelConfig, RunConfig, TrainConfig, to_dict
+from .config import (
+    MODEL_FROM_DATA,
+    MODEL_FROM_SIZE,
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    to_dict,
+)
 from .data import LatentShardDataset, ResumableBatchSampler, fashion_mnist
 from .errors import LaunchError, TrainingDiverged, UserError
 from .models.transformer import FLASHDIT_SIZES, FlashDiTTransformer2DModel
@@ -89,38 +99,21 @@ class FirstN(torch.utils.data.Dataset):
 
 
 def build_model(cfg: ModelConfig, info: dict) -> FlashDiTTransformer2DModel:
-    """The transformer from the model config, with channels, grid and classes taken from the data."""
-    if cfg.size and cfg.size not in FLASHDIT_SIZES:
-        raise ValueError(f"model.size {cfg.size!r} is not one of {sorted(FLASHDIT_SIZES)}")
+    """The transformer from the model config (the transformer's own options, field for field), with the registry
+    size filling what the recipe leaves out, and channels, grid and classes taken from the data."""
     kwargs = dict(FLASHDIT_SIZES[cfg.size]) if cfg.size else {}
-    for key in ("patch_size", "hidden_size", "depth", "num_heads"):
-        if getattr(cfg, key) is not None:
-            kwargs[key] = getattr(cfg, key)
-    missing = [k for k in ("patch_size", "hidden_size", "depth", "num_heads") if k not in kwargs]
+    kwargs |= {k: v for k, v in dataclasses.asdict(cfg).items() if k != "size" and v is not None}
+    missing = [k for k in MODEL_FROM_SIZE if k not in kwargs]
     if missing:
         raise ValueError(f"model config needs a size or explicit {missing}")
-    from_data = {"in_channels": "channels", "sample_size": "size", "num_classes": "num_classes"}
+    from_data = dict(zip(MODEL_FROM_DATA, ("channels", "size", "num_classes")))
     for key, data_key in from_data.items():
-        value = getattr(cfg, key)
-        if value is not None and value != info[data_key]:
+        if kwargs.get(key, info[data_key]) != info[data_key]:
             raise ValueError(
-                f"model.{key}={value} but the data has {data_key}={info[data_key]}; "
+                f"model.{key}={kwargs[key]} but the data has {data_key}={info[data_key]}; "
                 f"remove model.{key} to take it from the data"
             )
         kwargs[key] = info[data_key]
-    for key in (
-        "mlp_ratio",
-        "class_dropout_prob",
-        "mixer",
-        "window_size",
-        "kernel_size",
-        "pos_embed",
-        "qk_norm",
-        "qkv_bias",
-        "modulation",
-        "conv_init",
-    ):
-        kwargs[key] = getattr(cfg, key)
     return FlashDiTTransformer2DModel(**kwargs)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import re
 import types
 import typing
@@ -17,7 +18,17 @@ from typing import Annotated, Any
 
 import yaml
 from annotated_types import Ge, Gt, Interval, Le, Lt  # noqa: F401  (re-exported: the ranges recipes declare)
-from pydantic import AllowInfNan, ConfigDict, Strict, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    ConfigDict,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
 from .errors import ConfigError
 
@@ -26,6 +37,15 @@ Int = StrictInt  # not a bool, not 2.0, not "2"
 Bool = StrictBool
 Str = StrictStr
 Count = Annotated[StrictInt, Ge(1)]  # a positive number of things
+
+
+def odd(k: int) -> int:
+    if k % 2 == 0:
+        raise ValueError("must be odd (a centred kernel)")
+    return k
+
+
+OddKernel = Annotated[StrictInt, Ge(1), AfterValidator(odd)]  # a centred convolution kernel
 STRICT_KEYS = ConfigDict(extra="forbid")  # a dataclass's ``__pydantic_config__``: unknown keys are errors
 
 
@@ -44,6 +64,24 @@ def validate(cls, values: Any, what: str = "config"):
         return _adapter(cls).validate_python(values)
     except ValidationError as err:
         raise ConfigError(describe(err.errors()[0], cls, what)) from None
+
+
+def signature_dataclass(fn, name: str, optional: tuple[str, ...] = (), skip: tuple[str, ...] = (), extra=()) -> type:
+    """A strict-keyed dataclass whose fields are ``fn``'s keyword parameters, with their annotations (types and
+    ranges) and defaults: one declaration serves the function and every config built from it. Fields in ``optional``
+    also take None (their default becomes None: something else fills them); ``extra``: more ``(name, type, default)``
+    fields, first."""
+    fn = inspect.unwrap(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
+    fields = [(n, tp, dataclasses.field(default=d)) for n, tp, d in extra]
+    for param in inspect.signature(fn).parameters.values():
+        if param.name in ("self", *skip) or param.kind is not param.POSITIONAL_OR_KEYWORD:
+            continue
+        tp, default = hints[param.name], param.default
+        if param.name in optional:
+            tp, default = tp | None, None
+        fields.append((param.name, tp, dataclasses.field(default=default)))
+    return dataclasses.make_dataclass(name, fields, namespace={"__pydantic_config__": STRICT_KEYS})
 
 
 def _key(loc: tuple) -> str:

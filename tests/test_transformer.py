@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from flashdit import FLASHDIT_SIZES, FlashDiTTransformer2DModel
 from flashdit.models.embeddings import apply_rope, rope_tables_2d, sincos_pos_embed_2d, timestep_embedding
+from flashdit.models.transformer import MIXERS, MODULATIONS, POS_EMBEDS
 
 TINY = dict(sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=10)
 
@@ -74,7 +75,7 @@ def test_unknown_size_lists_choices():
         FlashDiTTransformer2DModel.from_size("FlashDiT-XXL/1")
 
 
-@pytest.mark.parametrize("mixer", ["iwin", "window", "attention", "conv"])
+@pytest.mark.parametrize("mixer", MIXERS)
 def test_zero_output_at_init(mixer):
     model = tiny(mixer=mixer)
     out = model(*inputs()).sample
@@ -97,7 +98,7 @@ def test_every_parameter_gets_a_gradient(mixer, pos_embed):
 
 
 @pytest.mark.parametrize("H,W", [(16, 16), (24, 24), (32, 32), (16, 24), (18, 18), (12, 36)])
-@pytest.mark.parametrize("mixer", ["iwin", "window"])
+@pytest.mark.parametrize("mixer", [m for m in MIXERS if m in ("iwin", "window")])  # the windowed ones
 def test_runs_on_any_grid(H, W, mixer):
     model = randomize(tiny(mixer=mixer, sample_size=16)).eval()
     x, t, y = inputs(H=H, W=W)
@@ -239,8 +240,11 @@ def test_rope_scores_depend_only_on_relative_position():
         (dict(window_size=0), "window_size"),
         (dict(kernel_size=2), "kernel_size"),
         (dict(kernel_size=-3), "kernel_size"),
-        (dict(mixer="swin"), "mixer must be one of"),
-        (dict(pos_embed="learned"), "pos_embed must be one of"),
+        (dict(mixer="swin"), "mixer='swin' must be 'iwin', 'window', 'attention' or 'conv'"),
+        (dict(pos_embed="learned"), "pos_embed='learned' must be"),
+        (dict(mlp_ratio=float("nan")), "mlp_ratio=nan must be a finite number"),
+        (dict(depth=0), "depth=0 must be greater than or equal to 1"),
+        (dict(class_dropout_prob=1.5), "class_dropout_prob=1.5 must be less than or equal to 1"),
         (dict(mixer="conv", pos_embed="rope"), "rotates attention"),
         (dict(hidden_size=24, num_heads=4, pos_embed="rope"), "head_dim divisible by 4"),
     ],
@@ -327,7 +331,7 @@ def test_attention_backends_go_through_diffusers_dispatch():
 
 
 @pytest.mark.parametrize("sample_size", [8, 12])  # 4x4 tokens, and 6x6 with padded windows
-@pytest.mark.parametrize("mixer", ["iwin", "window", "attention"])
+@pytest.mark.parametrize("mixer", [m for m in MIXERS if m != "conv"])  # the mixers with attention
 @pytest.mark.gpu  # its gradient half runs only on an accelerator
 def test_flex_attention_path_equals_the_sdpa_path(sample_size, mixer):
     """set_attention_backend("flex"): every window of an image in one flex_attention call with a block-diagonal
@@ -348,3 +352,42 @@ def test_flex_attention_path_equals_the_sdpa_path(sample_size, mixer):
         (g_flex,) = torch.autograd.grad(got.square().mean(), model.blocks[0].mixer.attn.qkv.weight)
         (g_sdpa,) = torch.autograd.grad(want.square().mean(), model.blocks[0].mixer.attn.qkv.weight)
         torch.testing.assert_close(g_flex, g_sdpa, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("modulation", MODULATIONS)
+@pytest.mark.parametrize("pos_embed", POS_EMBEDS)
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_every_declared_option_combination_builds_and_runs_or_says_why(mixer, pos_embed, modulation):
+    """Every declared mixer × position embedding × modulation (as timm's tests iterate list_models()): a model that
+    runs on a non-square grid and starts at zero output, or one of the two documented refusals."""
+    refusal = None
+    if modulation == "flashdit-official" and mixer == "conv":
+        refusal = "needs both branches"
+    elif mixer == "conv" and "rope" in pos_embed:
+        refusal = "rotates attention"
+    if refusal:
+        with pytest.raises(ValueError, match=refusal):
+            tiny(mixer=mixer, pos_embed=pos_embed, modulation=modulation)
+        return
+    model = tiny(mixer=mixer, pos_embed=pos_embed, modulation=modulation).eval()
+    x, t, y = inputs(H=8, W=12)
+    out = model(x, t, y).sample
+    assert out.shape == x.shape and torch.count_nonzero(out) == 0  # adaLN-Zero / zero gates at init
+
+
+def test_the_recipes_model_section_is_the_transformers_signature():
+    """One declaration: the recipe's model: fields are the transformer's parameters (plus the registry size), with
+    the same defaults, except the fields the size or the data fill."""
+    import dataclasses
+    import inspect
+
+    from flashdit.config import MODEL_FROM_DATA, MODEL_FROM_SIZE, ModelConfig
+
+    params = inspect.signature(inspect.unwrap(FlashDiTTransformer2DModel.__init__)).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    assert set(fields) == {"size"} | set(params) - {"self", "out_channels"}
+    for name, default in fields.items():
+        if name == "size":
+            continue
+        want = None if name in MODEL_FROM_SIZE + MODEL_FROM_DATA else params[name].default
+        assert default == want, name

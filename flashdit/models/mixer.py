@@ -27,6 +27,10 @@ from .embeddings import apply_rope
 from .linear import TokenLinear
 from .norms import RMSNorm
 
+# the paper's mixer on its 16x16 token grid: window M = 4, depthwise kernel K = 3 (every default below is these)
+WINDOW_SIZE = 4
+KERNEL_SIZE = 3
+
 
 def _check_divisible(x: torch.Tensor, window_size: int) -> tuple[int, int, int, int]:
     if x.ndim != 4:
@@ -263,7 +267,7 @@ class WindowAttention(nn.Module):
         self,
         dim: int,
         num_heads: int,
-        window_size: int | None = 4,
+        window_size: int | None = WINDOW_SIZE,
         interleaved: bool = True,
         qkv_bias: bool = True,
         qk_norm: bool = False,
@@ -330,7 +334,7 @@ def check_window_processor(processor: object, name: str) -> None:
 class DepthwiseConv(nn.Module):
     """Depthwise ``K×K`` convolution (same padding, bias) on a channels-last grid ``(B, H, W, C)``."""
 
-    def __init__(self, dim: int, kernel_size: int = 3):
+    def __init__(self, dim: int, kernel_size: int = KERNEL_SIZE):
         super().__init__()
         if kernel_size <= 0 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer (same padding), got {kernel_size}")
@@ -392,8 +396,8 @@ class IwinMixer(nn.Module):
         self,
         dim: int,
         num_heads: int,
-        window_size: int | None = 4,
-        kernel_size: int | None = 3,
+        window_size: int | None = WINDOW_SIZE,
+        kernel_size: int | None = KERNEL_SIZE,
         qkv_bias: bool = True,
         qk_norm: bool = False,
         interleaved: bool = True,

@@ -9,6 +9,7 @@ LightningDiT, ``"window"`` is plain window attention, ``"conv"`` the depthwise c
 from __future__ import annotations
 
 import copy
+from typing import Annotated, Literal
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -20,9 +21,10 @@ from diffusers.models.modeling_utils import ModelMixin, get_parameter_dtype
 from diffusers.utils import logging
 from torch import nn
 
+from ..typed import Bool, Count, Float, Gt, Interval, OddKernel, signature_dataclass, validate
 from .embeddings import LabelEmbedder, TimestepEmbedder, rope_tables_2d, sincos_pos_embed_2d
 from .linear import CPU_LINEAR_BACKENDS, TokenLinear
-from .mixer import IwinMixer, WindowAttention, WindowAttnProcessor, check_window_processor
+from .mixer import KERNEL_SIZE, WINDOW_SIZE, IwinMixer, WindowAttention, WindowAttnProcessor, check_window_processor
 from .norms import RMSNorm
 
 MIXERS = ("iwin", "window", "attention", "conv")
@@ -188,43 +190,32 @@ class FlashDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAd
     @register_to_config
     def __init__(
         self,
-        sample_size: int = 16,
-        patch_size: int = 1,
-        in_channels: int = 32,
-        out_channels: int | None = None,
-        hidden_size: int = 1152,
-        depth: int = 28,
-        num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        num_classes: int = 1000,
-        class_dropout_prob: float = 0.1,
-        mixer: str = "iwin",
-        window_size: int = 4,
-        kernel_size: int | None = 3,
-        pos_embed: str = "none",
-        qk_norm: bool = False,
-        qkv_bias: bool = True,
-        modulation: str = "adaln-zero",
-        conv_init: str = "pytorch",
+        sample_size: Count = 16,
+        patch_size: Count = 1,
+        in_channels: Count = 32,
+        out_channels: Count | None = None,
+        hidden_size: Count = 1152,
+        depth: Count = 28,
+        num_heads: Count = 16,
+        mlp_ratio: Annotated[Float, Gt(0)] = 4.0,
+        num_classes: Count = 1000,
+        class_dropout_prob: Annotated[Float, Interval(ge=0, le=1)] = 0.1,  # 1: every label dropped (unconditional)
+        mixer: Literal[MIXERS] = "iwin",
+        window_size: Count = WINDOW_SIZE,
+        kernel_size: OddKernel | None = KERNEL_SIZE,
+        pos_embed: Literal[POS_EMBEDS] = "none",
+        qk_norm: Bool = False,
+        qkv_bias: Bool = True,
+        modulation: Literal[MODULATIONS] = "adaln-zero",
+        conv_init: Literal[CONV_INITS] = "pytorch",
     ):
+        # the signature is the one declaration of every option, its type and its range (the recipe's model: section
+        # is derived from it: flashdit.config.ModelConfig); a bad value is one line naming the option
+        options = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        validate(TransformerOptions, options, "model")
         super().__init__()
-        if mixer not in MIXERS:
-            raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
-        if pos_embed not in POS_EMBEDS:
-            raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
-        for name, value in (("patch_size", patch_size), ("in_channels", in_channels), ("depth", depth)):
-            if value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
-        if num_heads <= 0 or hidden_size % num_heads:
+        if hidden_size % num_heads:
             raise ValueError(f"hidden_size={hidden_size} must be a positive multiple of num_heads={num_heads}")
-        if window_size <= 0:
-            raise ValueError(f"window_size must be a positive integer, got {window_size}")
-        if num_classes <= 0:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
-        if modulation not in MODULATIONS:
-            raise ValueError(f"modulation must be one of {MODULATIONS}, got {modulation!r}")
-        if conv_init not in CONV_INITS:
-            raise ValueError(f"conv_init must be one of {CONV_INITS}, got {conv_init!r}")
         if modulation == "flashdit-official" and (mixer == "conv" or kernel_size is None):
             raise ValueError(
                 'modulation="flashdit-official" gates attention and convolution apart: it needs both branches'
@@ -470,3 +461,8 @@ class FlashDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAd
         if not return_dict:
             return (out,)
         return Transformer2DModelOutput(sample=out)
+
+
+# the transformer's options as a dataclass (its signature: types, ranges, defaults), checked at construction and the
+# source of the recipe's model: section
+TransformerOptions = signature_dataclass(FlashDiTTransformer2DModel.__init__, "TransformerOptions")
