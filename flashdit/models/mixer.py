@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+from einops import rearrange
 from torch import nn
 from torch.nn.attention.flex_attention import create_block_mask
 
@@ -45,25 +46,22 @@ def interleave(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """Rearrange (eq. 1): the token at (i, j) moves to ``((i mod Hg)·M + i // Hg, (j mod Wg)·M + j // Wg)``.
 
     Writing ``i = a·Hg + b`` (``a < M``, ``b < Hg``), eq. 1 sends ``i`` to ``b·M + a``: it swaps the
-    two factors of each axis, which is one view and one permute.
+    two factors of each axis (one view and one permute).
 
     Args:
         x: ``(B, H, W, C)`` with H and W multiples of ``window_size``.
     Returns:
         ``(B, H, W, C)``, the rearranged grid; its plain ``M×M`` windows are the interleaved windows.
     """
-    B, H, W, C = _check_divisible(x, window_size)
-    M = window_size
-    x = x.view(B, M, H // M, M, W // M, C)  # (B, a_h, b_h, a_w, b_w, C)
-    return x.permute(0, 2, 1, 4, 3, 5).reshape(B, H, W, C)  # (B, b_h·M + a_h, b_w·M + a_w, C)
+    _check_divisible(x, window_size)
+    # row i = a·Hg + b moves to b·M + a (a < M, b < Hg): the two factors of each axis swap
+    return rearrange(x, "B (a_h b_h) (a_w b_w) C -> B (b_h a_h) (b_w a_w) C", a_h=window_size, a_w=window_size)
 
 
 def restore(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """Restore (eq. 5), the inverse of :func:`interleave`: ``i = (i' mod M)·Hg + i' // M``."""
-    B, H, W, C = _check_divisible(x, window_size)
-    M = window_size
-    x = x.view(B, H // M, M, W // M, M, C)  # (B, b_h, a_h, b_w, a_w, C)
-    return x.permute(0, 2, 1, 4, 3, 5).reshape(B, H, W, C)  # (B, a_h·Hg + b_h, a_w·Wg + b_w, C)
+    _check_divisible(x, window_size)
+    return rearrange(x, "B (b_h a_h) (b_w a_w) C -> B (a_h b_h) (a_w b_w) C", a_h=window_size, a_w=window_size)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -128,24 +126,17 @@ class WindowGrid:
 
     def partition(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, Hp, Wp, *rest) -> (B, Hg, Wg, Mh, Mw, *rest)`` as a view (no copy)."""
-        B, rest = x.shape[0], x.shape[3:]
-        tail = tuple(range(5, 5 + len(rest)))
-        if self.interleaved:
-            # row i = a·Hg + b: window b, position a (eq. 2 and 3)
-            x = x.view(B, self.Mh, self.Hg, self.Mw, self.Wg, *rest)  # (B, a_h, b_h, a_w, b_w, ...)
-            return x.permute(0, 2, 4, 1, 3, *tail)
-        x = x.view(B, self.Hg, self.Mh, self.Wg, self.Mw, *rest)  # (B, b_h, a_h, b_w, a_w, ...)
-        return x.permute(0, 1, 3, 2, 4, *tail)
+        return rearrange(x, f"{self._grid} ... -> B b_h b_w a_h a_w ...", a_h=self.Mh, a_w=self.Mw)
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, Hg, Wg, Mh, Mw, *rest) -> (B, Hp, Wp, *rest)``, the inverse of :meth:`partition`."""
-        B, rest = x.shape[0], x.shape[5:]
-        tail = tuple(range(5, 5 + len(rest)))
-        if self.interleaved:
-            x = x.permute(0, 3, 1, 4, 2, *tail)  # (B, a_h, b_h, a_w, b_w, ...)
-        else:
-            x = x.permute(0, 1, 3, 2, 4, *tail)  # (B, b_h, a_h, b_w, a_w, ...)
-        return x.reshape(B, self.Hg * self.Mh, self.Wg * self.Mw, *rest)
+        return rearrange(x, f"B b_h b_w a_h a_w ... -> {self._grid} ...")
+
+    @property
+    def _grid(self) -> str:
+        """The padded grid's axes, ``b`` the window and ``a`` the position in it: row ``i = a·Hg + b`` for interleaved
+        windows (eq. 2 and 3), ``i = b·Mh + a`` for plain ones."""
+        return "B (a_h b_h) (a_w b_w)" if self.interleaved else "B (b_h a_h) (b_w a_w)"
 
     def to_windows(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, Hp, Wp, C) -> (B, Hg·Wg, Mh·Mw, C)``."""

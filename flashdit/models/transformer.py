@@ -19,6 +19,7 @@ from diffusers.models.attention_dispatch import AttentionBackendName, _check_att
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin, get_parameter_dtype
 from diffusers.utils import logging
+from einops import rearrange
 from torch import nn
 
 from ..typed import Bool, Count, Float, Gt, Interval, OddKernel, signature_dataclass, validate
@@ -456,8 +457,7 @@ class FlashDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAd
 
         # 3. final layer and unpatchify: (B, h, w, p·p·C) -> (B, C, h·p, w·p)
         x = self.final_layer(x, c)
-        x = x.view(B, h, w, p, p, self.out_channels).permute(0, 5, 1, 3, 2, 4)
-        out = x.reshape(B, self.out_channels, H, W)
+        out = rearrange(x, "B h w (p q C) -> B C (h p) (w q)", p=p, q=p)
         if not return_dict:
             return (out,)
         return Transformer2DModelOutput(sample=out)
