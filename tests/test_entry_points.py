@@ -344,3 +344,10 @@ def test_the_gpu_check_runs_its_smoke_version_on_cpu(tmp_path, capsys):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):  # the full version needs a GPU
             gpu_check.main([])
+
+
+def test_bench_rearrange_checks_einops_against_view_permute_and_prints_ratios():
+    out = run("bench/rearrange.py", *ONE_THREAD).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "operation" not in line]
+    assert len(rows) == 4 and all(float(r.split("|")[-2]) > 0 for r in rows), out
+    assert "median ratio" in out
