@@ -92,6 +92,7 @@ class FlashDiTPipeline(DiffusionPipeline, SanaLoraLoaderMixin):
             ``FlowMatchHeunDiscreteScheduler``, or ``DPMSolverMultistepScheduler`` / ``UniPCMultistepScheduler`` with
             ``prediction_type="flow_prediction"`` and ``use_flow_sigmas=True``). The pipeline drives it through
             ``set_timesteps`` and ``step``; its time grid follows ``num_inference_steps`` and ``timestep_shift``.
+            The ``"sde"`` sampler is the pipeline's own loop (:func:`flashdit.flow.sample`) and uses no scheduler.
         vae: a diffusers ``AutoencoderKL`` for latent models, or None for pixel-space models.
         id2label: class id -> name (``"name, synonym, ..."`` allowed); defaults to the ImageNet-1k names
             when the model has 1000 classes.
@@ -406,6 +407,8 @@ class FlashDiTPipeline(DiffusionPipeline, SanaLoraLoaderMixin):
 
     def prepare_latents(self, shape: tuple, generator, latents: torch.Tensor | None, device) -> torch.Tensor:
         """The initial noise (float32 whatever the model dtype): drawn per image, or checked when given."""
+        if isinstance(generator, list) and len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for {shape[0]} images; pass one per image or one")
         if latents is None:
             return flow.per_sample_noise(torch.empty(shape, device=device), generator)
         if tuple(latents.shape) != shape:
@@ -505,92 +508,85 @@ class FlashDiTPipeline(DiffusionPipeline, SanaLoraLoaderMixin):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         autocast: bool = True,
     ) -> ImagePipelineOutput | tuple:
-        """Generate one image per class label.
+        """Generate one image per class label (every setting in detail: docs/sampling.md).
 
         Args:
-            class_labels: class ids, class names, or a mix; one image each.
-            guidance_scale, num_inference_steps, guidance_interval, timestep_shift: see
-                :class:`~flashdit.settings.SamplingSettings`; left out (or None, as diffusers callers pass it), the
-                pipeline's stored value, then the default. The official "250 sampling steps" (250 grid points) is
-                ``num_inference_steps=249``.
-            sampler: ``"euler"``, ``"heun"``, ``"dpm++"``, ``"unipc"`` (diffusers' flow schedulers) or ``"sde"``;
-                left out, ``pipe.scheduler`` if one was assigned (``pipe.scheduler = UniPCMultistepScheduler
-                .from_config(pipe.scheduler.config)``), else the stored sampler.
-            cfg_channels: guide only the first N channels; ``None`` guides all channels, whatever the pipeline
-                stores; left out, the stored value (then all channels).
-            sigmas, timesteps: a grid of the call's own instead of ``num_inference_steps`` and ``timestep_shift``, as
-                in diffusers: noise levels from near 1 down (``sigma = 1 - t``; the final 0 is added), or the same
-                times 1000 (``num_train_timesteps``). For the Euler, UniPC and SDE samplers; a shift configured on the
-                scheduler applies to them, as in diffusers.
-            height, width: output size in pixels, any positive multiple of VAE factor x patch size,
-                non-square allowed; defaults to the training size.
-            generator: one generator, or one per image: image ``i`` then depends only on
-                ``generator[i]`` and its label, whatever the batch size.
+            class_labels: class ids, class names, or a mix; one image each (DiT's ``[[1], [2]]`` and ``(B, 1)`` too).
+            guidance_scale, num_inference_steps, guidance_interval, timestep_shift, sampler, cfg_channels: the
+                :class:`~flashdit.settings.SamplingSettings`; left out (or None), the pipeline's stored value, then
+                the default. ``sampler`` left out: a scheduler assigned to ``pipe.scheduler`` since loading, else the
+                stored sampler. ``cfg_channels=None`` guides every channel whatever the pipeline stores.
+            sigmas, timesteps: a grid of the call's own, as in diffusers (noise levels from near 1 down, or the
+                same times 1000), instead of ``num_inference_steps`` and ``timestep_shift``; Euler, UniPC and SDE.
+            height, width: output size in pixels, any positive multiple of VAE factor x patch size, non-square
+                allowed; defaults to the training size.
+            generator: one generator, or one per image: image ``i`` then depends only on ``generator[i]``.
             latents: initial noise ``(B, C, h, w)`` instead of drawing it.
-            num_images_per_prompt: images per class label (diffusers' name); image ``i`` of label ``k`` is
-                output ``k · num_images_per_prompt + i``, and a list of generators needs one per output.
+            num_images_per_prompt: images per label; image ``i`` of label ``k`` is output ``k·n + i``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
-            callback_on_step_end: ``fn(pipe, i, t, {"latents": ...}) -> dict`` after each model evaluation ``i``,
-                with ``t`` the flow time it was made at (a float, 0 = noise, 1 = data; diffusers' schedulers count
-                ``1000·(1 - t)``); a returned ``"latents"`` replaces the current ones, and the callback may set
-                ``pipe._guidance_scale`` (read at every evaluation) or ``pipe._interrupt``.
+            callback_on_step_end: ``fn(pipe, i, t, {"latents": ...}) -> dict`` after model evaluation ``i`` at flow
+                time ``t`` (0 = noise, 1 = data); a returned ``"latents"`` replaces the current ones; it may set
+                ``pipe._guidance_scale`` or ``pipe._interrupt``.
             autocast: on CUDA, run an fp32 transformer under bf16 autocast (integration stays fp32).
         Returns:
             ``ImagePipelineOutput(images=...)``, or a tuple ``(images,)``.
 
         Examples:
-            >>> from flashdit import FlashDiTPipeline
-            >>> from diffusers import UniPCMultistepScheduler
             >>> pipe = FlashDiTPipeline.from_pretrained("runs/fashion_mnist/pipeline")
             >>> seeds = [torch.Generator().manual_seed(i) for i in (0, 1)]  # one per image: batch-independent
             >>> images = pipe(class_labels=["Bag", 7], generator=seeds).images
             >>> pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)  # the sampler, in one line
             >>> images = pipe(class_labels=["Bag"], num_inference_steps=8).images
         """
-        # 1. settings (the stored ones under the call's), checked before any work, and the sampler
         given = dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, sampler=sampler)
-        given |= dict(guidance_interval=guidance_interval, timestep_shift=timestep_shift)
-        given = {k: v for k, v in given.items() if v is not None}  # diffusers callers pass None for "default"
-        settings = SamplingSettings.from_dict(self.config.sampling).updated(**given, cfg_channels=cfg_channels)
+        given |= dict(guidance_interval=guidance_interval, timestep_shift=timestep_shift, cfg_channels=cfg_channels)
+        settings, scheduler, grid = self._call_settings(given, sigmas, timesteps)  # checked before any work
         self.check_inputs(output_type, num_images_per_prompt, callback_on_step_end_tensor_inputs)
-        custom = schedulers.custom_sigmas(sigmas, timesteps, self.scheduler.config.get("num_train_timesteps", 1000))
-        if custom is not None and timestep_shift not in (None, NOT_GIVEN):
-            raise UserError("timestep_shift applies to the pipeline's own grid; with sigmas or timesteps, shift them")
-        name, scheduler = self.resolve_sampler(settings.sampler if sampler not in (None, NOT_GIVEN) else NOT_GIVEN)
-        if scheduler is not None and custom is None:
-            schedulers.effective_shift(scheduler, settings.timestep_shift)
-        self._guidance_scale, self._interrupt, self._model_evaluations = settings.guidance_scale, False, 0
-
-        # 2. labels, size and the initial noise (float32, drawn per image)
         device = self._execution_device
         labels = self._label_tensor(class_labels, device).repeat_interleave(num_images_per_prompt)
-        height, width = self._resolve_size(height, width)
-        shape = (len(labels), self.transformer.config.in_channels)
-        shape += (height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if isinstance(generator, list) and len(generator) != len(labels):
-            raise ValueError(f"got {len(generator)} generators for {len(labels)} images; pass one per image or one")
-        latents = self.prepare_latents(shape, generator, latents, device)
+        latents = self.prepare_latents(self._latent_shape(len(labels), height, width), generator, latents, device)
 
-        # 3. integrate
         def callback(i: int, t: float, x: torch.Tensor) -> torch.Tensor:
             if callback_on_step_end is None:
                 return x
             return callback_on_step_end(self, i, t, {"latents": x}).pop("latents", x)
 
         velocity = self._guided_velocity(settings, labels, autocast)
-        latents = self.integrate(latents, velocity, settings, scheduler, generator, callback, custom)
+        latents = self.integrate(latents, velocity, settings, scheduler, generator, callback, grid)
+        images = self._to_images(latents, output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _call_settings(self, given: dict, sigmas, timesteps):
+        """A call's settings (the stored ones under the call's; None stands for "not given", as diffusers callers
+        pass it), its scheduler (None for the SDE sampler) and its own grid of sigmas, if any; all checked."""
+        cfg_channels = given.pop("cfg_channels")
+        given = {k: v for k, v in given.items() if v is not None and v is not NOT_GIVEN}
+        settings = SamplingSettings.from_dict(self.config.sampling).updated(**given, cfg_channels=cfg_channels)
+        grid = schedulers.custom_sigmas(sigmas, timesteps, self.scheduler.config.get("num_train_timesteps", 1000))
+        if grid is not None and "timestep_shift" in given:
+            raise UserError("timestep_shift applies to the pipeline's own grid; with sigmas or timesteps, shift them")
+        _, scheduler = self.resolve_sampler(settings.sampler if "sampler" in given else NOT_GIVEN)
+        if scheduler is not None and grid is None:
+            schedulers.effective_shift(scheduler, settings.timestep_shift)
+        self._guidance_scale, self._interrupt, self._model_evaluations = settings.guidance_scale, False, 0
+        return settings, scheduler, grid
+
+    def _latent_shape(self, batch: int, height: int | None, width: int | None) -> tuple[int, int, int, int]:
+        height, width = self._resolve_size(height, width)
+        f = self.vae_scale_factor
+        return (batch, self.transformer.config.in_channels, height // f, width // f)
+
+    def _to_images(self, latents: torch.Tensor, output_type: str):
+        """Sampled latents as the requested output: decoded and post-processed, or the latents themselves."""
         if not torch.isfinite(latents).all():
             raise UserError(
                 "sampling produced NaN or inf values: the model's velocity overflowed (check the weights, or lower "
                 "guidance_scale); no images are returned"
             )
-
-        # 4. decode
-        images = latents if output_type == "latent" else self.decode_latents(latents)
-        if output_type != "latent":
-            images = self.image_processor.postprocess(images.float(), output_type=output_type)
-        self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=images) if return_dict else (images,)
+        if output_type == "latent":
+            return latents
+        return self.image_processor.postprocess(self.decode_latents(latents).float(), output_type=output_type)
 
 
 _HUB_FILE = re.compile(r"^(?:https://huggingface\.co/)?([\w.-]+/[\w.-]+)/(?:(?:blob|resolve)/([^/]+)/)?(.+)$")
