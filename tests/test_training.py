@@ -136,6 +136,16 @@ def test_shipped_configs_load_and_build(path):
         assert cfg.flow.cosine_weight == 0  # inert on one grey channel (flow_loss refuses it)
 
 
+@pytest.mark.parametrize("name", ["flashdit_xl_vavae_f16d32.yaml", "flashdit_xl2_sdvae.yaml"])
+def test_the_imagenet_recipes_sample_on_the_official_grid(name):
+    """The official samplers' "250 steps" are 250 grid points: 249 steps, as the converters store them."""
+    from flashdit.official import AUTHORS_SAMPLING
+
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.sample.num_inference_steps == AUTHORS_SAMPLING["flashdit"]["num_inference_steps"] == 249
+    assert cfg.sample.timestep_shift == AUTHORS_SAMPLING["flashdit"]["timestep_shift"]
+
+
 def test_paper_recipe_is_flashdit_xl1():
     cfg = load_config(ROOT / "configs" / "flashdit_xl_vavae_f16d32.yaml")
     with torch.device("meta"):
