@@ -223,6 +223,7 @@ def stage_latent(args, work: Path, latents: Path) -> None:
         for seed in args.seeds:
             name = f"{row}-s{seed}"
             pipe = train_latent(name, latents, [*overrides, f"train.seed={seed}"], work)
+            report()
             if seed == 0:
                 for g in SWEEP_GUIDANCE:
                     score(name, pipe, g, 500, work)
@@ -236,6 +237,73 @@ def best_guidance(row: str) -> float:
     return min((g for g in sweep if sweep[g]), key=lambda g: sweep[g]["metrics"]["fid"])
 
 
+def fmt(value, digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def report() -> str:
+    """docs/latent_study/tables.md: every table of the study from the records that exist (partial while it runs)."""
+    out = [
+        "# Latent study: tables",
+        "",
+        "Written by `python -m scripts.latent_study` (or `--report-only`) from the",
+        "",
+    ]
+    out[-2] += " records in this folder; rows appear as their runs finish."
+    sweep = read_json(DOCS / "ae_sweep.json") or {}
+    if sweep:
+        out += ["## Autoencoder candidates (400 steps each; proxy: an 800-step latent FlashDiT, FID-500)", ""]
+        out += [
+            "| candidate | PSNR | rFID-1000 | proxy FID-500, cfg 1.5 | cfg 2.5 | proxy class accuracy (best cfg) |"
+        ]
+        out += ["|---|---|---|---|---|---|"]
+        for name, r in sweep.items():
+            proxy, best = r["proxy"], r["best"]
+            fids = [fmt(proxy.get(str(g), proxy.get(g, {})).get("fid")) for g in PROXY_GUIDANCE]
+            rec = r["reconstruction"]
+            out.append(
+                f"| {name} | {rec['psnr']} | {rec['rfid']} | {' | '.join(fids)} | {best['class_accuracy']:.3f} |"
+            )
+        out.append("")
+    rec, spent = (
+        read_json(DOCS / "autoencoder" / "reconstruction_2000.json"),
+        read_json(DOCS / "autoencoder" / "time.json"),
+    )
+    if rec:
+        minutes = fmt(spent["seconds_of_steps"] / 60) if spent else ""
+        out += ["## The recipe's autoencoder (configs/autoencoder_fashion_mnist.yaml)", ""]
+        out += ["| PSNR (2,000 test images) | rFID-2000 | minutes of steps |", "|---|---|---|"]
+        out += [f"| {rec['psnr']} | {rec['rfid']} | {minutes} |", ""]
+    rows = []
+    for row in ("flashdit", "attention"):
+        sweep_rows = {g: read_json(DOCS / f"{row}-s0" / f"scores_cfg{g}_n500.json") for g in SWEEP_GUIDANCE}
+        done = {g: r["metrics"] for g, r in sweep_rows.items() if r}
+        if done:
+            out += [f"## Guidance sweep, {row}, seed 0 (500 samples)", ""]
+            out += ["| guidance | FID-500 | KID | class accuracy |", "|---|---|---|---|"]
+            for g, m in done.items():
+                out.append(f"| {g} | {fmt(m['fid'])} | {fmt(m.get('kid'), 4)} | {fmt(m.get('class_accuracy'), 3)} |")
+            out.append("")
+        for seed in SEEDS:
+            name, metrics = f"{row}-s{seed}", DOCS / f"{row}-s{seed}" / "metrics.jsonl"
+            if not metrics.is_file():
+                continue
+            final = next((read_json(f) for f in sorted((DOCS / name).glob("scores_cfg*_n2000.json"))), None)
+            m = final["metrics"] if final else {}
+            cfg = final["settings"]["guidance_scale"] if final and "settings" in final else ""
+            minutes, step = seconds_of_steps(metrics, 32) / 60, median_step(metrics, 32)
+            cells = [fmt(m.get("fid")), fmt(m.get("kid"), 4), fmt(m.get("precision"), 3), fmt(m.get("recall"), 3)]
+            cells.append(fmt(m.get("class_accuracy"), 3))
+            rows.append(f"| {name} | {minutes:.1f} (median step {step:.3f} s) | {cfg} | {' | '.join(cells)} |")
+    if rows:
+        out += ["## Latent FlashDiT against global attention + sin-cos (FID-2k at the row's best guidance)", ""]
+        out += ["| run | minutes of steps | guidance | FID-2k | KID | precision | recall | class accuracy |"]
+        out += ["|---|---|---|---|---|---|---|---|", *rows, ""]
+    text = "\n".join(out)
+    (DOCS / "tables.md").write_text(text)
+    return text
+
+
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,9 +312,13 @@ def main() -> None:
     p.add_argument("--ae-proxy-steps", type=int, default=400, help="autoencoder candidates: a third of 1,200")
     p.add_argument("--proxy-steps", type=int, default=800, help="the latent FlashDiT that scores a candidate")
     p.add_argument("--seeds", type=int, nargs="*", default=list(SEEDS))
+    p.add_argument("--report-only", action="store_true", help="write docs/latent_study/tables.md and stop")
     args = p.parse_args()
     work = ROOT / args.work
     DOCS.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        print(report())
+        return
     if "ae" in args.stages:
         c, kl = stage_ae(args, work)
         from flashdit.autoencoder import AutoencoderConfig
@@ -258,6 +330,7 @@ def main() -> None:
     latents = stage_final(args, work) if "final" in args.stages or "latent" in args.stages else None
     if "latent" in args.stages:
         stage_latent(args, work, latents)
+    report()
 
 
 if __name__ == "__main__":
