@@ -282,7 +282,9 @@ def report() -> str:
             out += [f"## Guidance sweep, {row}, seed 0 (500 samples)", ""]
             out += ["| guidance | FID-500 | KID | class accuracy |", "|---|---|---|---|"]
             for g, m in done.items():
-                out.append(f"| {g} | {fmt(m['fid'])} | {fmt(m.get('kid'), 4)} | {fmt(m.get('class_accuracy'), 3)} |")
+                out.append(
+                    f"| {g} | {fmt(m['fid'])} | {fmt(m.get('kid_mean'), 4)} | {fmt(m.get('class_accuracy'), 3)} |"
+                )
             out.append("")
         for seed in SEEDS:
             name, metrics = f"{row}-s{seed}", DOCS / f"{row}-s{seed}" / "metrics.jsonl"
@@ -292,7 +294,7 @@ def report() -> str:
             m = final["metrics"] if final else {}
             cfg = final["settings"]["guidance_scale"] if final and "settings" in final else ""
             minutes, step = seconds_of_steps(metrics, 32) / 60, median_step(metrics, 32)
-            cells = [fmt(m.get("fid")), fmt(m.get("kid"), 4), fmt(m.get("precision"), 3), fmt(m.get("recall"), 3)]
+            cells = [fmt(m.get("fid")), fmt(m.get("kid_mean"), 4), fmt(m.get("precision"), 3), fmt(m.get("recall"), 3)]
             cells.append(fmt(m.get("class_accuracy"), 3))
             rows.append(f"| {name} | {minutes:.1f} (median step {step:.3f} s) | {cfg} | {' | '.join(cells)} |")
     if rows:
