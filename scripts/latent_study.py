@@ -104,13 +104,23 @@ def median_step(metrics: Path, batch: int) -> float:
 # the commands
 
 
+def resume_or_restart(out: Path) -> list[str]:
+    """``--resume`` for a run with a checkpoint; a run stopped before its first one is the study's own partial
+    work and starts over (the trainers rightly refuse to write into a directory that already holds a run)."""
+    if (out / "checkpoints").is_dir():
+        return ["--resume"]
+    if out.is_dir():
+        shutil.rmtree(out)
+    return []
+
+
 def train_autoencoder(name: str, overrides: list[str], steps: int | None, work: Path) -> Path:
     out = work / name
     if not (out / "vae" / "config.json").is_file():
         extra = [f"train.max_steps={steps}", f"train.sample_every={steps}"] if steps else []
         cmd = ["-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "2", "-m", "flashdit.autoencoder"]
         cmd += ["--config", AE_CONFIG, "--output-dir", str(out), "--set", "train.trackers=[]", *overrides, *extra]
-        sh(py(*cmd, *(["--resume"] if (out / "checkpoints").is_dir() else [])), out.with_suffix(".log"))
+        sh(py(*cmd, *resume_or_restart(out)), out.with_suffix(".log"))
     keep(out, name, "config.yaml", "metrics.jsonl", "reconstruction.json")
     return out / "vae"
 
@@ -137,7 +147,7 @@ def train_latent(name: str, latents: Path, overrides: list[str], work: Path) -> 
         cmd = ["-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "2", "train.py"]
         cmd += ["--config", LATENT_CONFIG, "--output-dir", str(out)]
         cmd += ["--set", f"data.path={latents}", "train.trackers=[]", *overrides]
-        sh(py(*cmd, *(["--resume"] if (out / "checkpoints").is_dir() else [])), out.with_suffix(".log"))
+        sh(py(*cmd, *resume_or_restart(out)), out.with_suffix(".log"))
     keep(out, name, "config.yaml", "metrics.jsonl")
     return out / "pipeline"
 
