@@ -12,8 +12,11 @@ copied into ``docs/latent_study/`` as stages finish; weights stay under ``--work
 2. ``final``: the chosen autoencoder for its whole ``configs/autoencoder_fashion_mnist.yaml`` (15 min on 2 cores),
    rFID-2000 against the reference ``eval_fid.py`` uses, then the latents every latent run trains on.
 3. ``latent``: ``configs/fashion_mnist_latent.yaml`` (FlashDiT) and the same recipe with global attention and a
-   sin-cos position embedding, two training seeds each; guidance swept on 500 samples of seed 0, then FID-2k, KID,
-   precision/recall and class accuracy of every seed at its row's best scale.
+   sin-cos position embedding. Attention's step costs 1.2x FlashDiT's on these 2 cores, so the comparison row gets
+   the steps that fit FlashDiT's time (``ATTENTION_STEPS``, the rule of the pixel ladder), two training seeds each;
+   one attention seed at FlashDiT's step count (1.2x the time) shows what the missing steps are worth. Guidance is
+   swept on 500 samples of each model's seed 0 at the recipe's steps, then FID-2k, KID, precision/recall and class
+   accuracy of every run at its model's best scale.
 
     python -m scripts.latent_study                 # everything (resumable)
     python -m scripts.latent_study --stages ae     # one stage
@@ -39,11 +42,19 @@ AE_CONFIG = "configs/autoencoder_fashion_mnist.yaml"
 LATENT_CONFIG = "configs/fashion_mnist_latent.yaml"
 DATA = "/usr/share/datasets/fashion-mnist"
 ATTENTION = ["model.mixer=attention", "model.kernel_size=null", "model.pos_embed=sincos"]
+# FlashDiT's 3,100 steps x its median step (0.520 and 0.555 s, two seeds) / attention's (0.645 s, seed 0 at 3,100)
+ATTENTION_STEPS = 2580
 # sampling of every score below but the guidance scale: the quickstart's stored settings
 SAMPLING = ["--sampler", "euler", "--steps", "32", "--guidance-interval", "0.1", "0.8", "--shift", "0.5"]
 PROXY_GUIDANCE = (1.5, 2.5)
 SWEEP_GUIDANCE = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 SEEDS = (0, 1)
+# run name -> (overrides of the latent recipe, training seeds, the model whose seed-0 guidance sweep it uses)
+LATENT_ROWS = {
+    "flashdit": ([], SEEDS, "flashdit"),
+    "attention-matched": ([*ATTENTION, f"train.max_steps={ATTENTION_STEPS}"], SEEDS, "attention"),
+    "attention": (ATTENTION, (0,), "attention"),
+}
 
 
 def ae_candidates(best_c: int | None) -> dict[str, list[str]]:
@@ -228,18 +239,21 @@ def stage_final(args, work: Path) -> Path:
 
 
 def stage_latent(args, work: Path, latents: Path) -> None:
-    rows = {"flashdit": [], "attention": ATTENTION}
-    for row, overrides in rows.items():
-        for seed in args.seeds:
-            name = f"{row}-s{seed}"
-            pipe = train_latent(name, latents, [*overrides, f"train.seed={seed}"], work)
+    def train(row: str, seed: int) -> Path:
+        pipe = train_latent(f"{row}-s{seed}", latents, [*LATENT_ROWS[row][0], f"train.seed={seed}"], work)
+        report()
+        return pipe
+
+    for row, (_, _, swept) in LATENT_ROWS.items():  # the guidance sweeps first: the other runs use them
+        if swept == row:
+            pipe = train(row, 0)
+            for g in SWEEP_GUIDANCE:
+                score(f"{row}-s0", pipe, g, 500, work)
+                report()
+    for row, (_, seeds, swept) in LATENT_ROWS.items():
+        for seed in (s for s in seeds if s in args.seeds):
+            score(f"{row}-s{seed}", train(row, seed), best_guidance(swept), 2000, work, prc=True)
             report()
-            if seed == 0:
-                for g in SWEEP_GUIDANCE:
-                    score(name, pipe, g, 500, work)
-        best = best_guidance(row)
-        for seed in args.seeds:
-            score(f"{row}-s{seed}", work / f"{row}-s{seed}" / "pipeline", best, 2000, work, prc=True)
 
 
 def best_guidance(row: str) -> float:
@@ -285,7 +299,7 @@ def report() -> str:
         out += ["| PSNR (2,000 test images) | rFID-2000 | minutes of steps |", "|---|---|---|"]
         out += [f"| {rec['psnr']} | {rec['rfid']} | {minutes} |", ""]
     rows = []
-    for row in ("flashdit", "attention"):
+    for row in LATENT_ROWS:
         sweep_rows = {g: read_json(DOCS / f"{row}-s0" / f"scores_cfg{g}_n500.json") for g in SWEEP_GUIDANCE}
         done = {g: r["metrics"] for g, r in sweep_rows.items() if r}
         if done:
@@ -296,7 +310,7 @@ def report() -> str:
                     f"| {g} | {fmt(m['fid'])} | {fmt(m.get('kid_mean'), 4)} | {fmt(m.get('class_accuracy'), 3)} |"
                 )
             out.append("")
-        for seed in SEEDS:
+        for seed in LATENT_ROWS[row][1]:
             name, metrics = f"{row}-s{seed}", DOCS / f"{row}-s{seed}" / "metrics.jsonl"
             if not metrics.is_file():
                 continue
