@@ -102,7 +102,10 @@ def build_model(cfg: ModelConfig, info: dict) -> FlashDiTTransformer2DModel:
     """The transformer from the model config (the transformer's own options, field for field), with the registry
     size filling what the recipe leaves out, and channels, grid and classes taken from the data."""
     kwargs = dict(FLASHDIT_SIZES[cfg.size]) if cfg.size else {}
-    kwargs |= {k: v for k, v in dataclasses.asdict(cfg).items() if k != "size" and v is not None}
+    # None leaves a field to the size or the data only where the config declares it so; elsewhere (kernel_size,
+    # window_size) None is the value itself
+    unset = MODEL_FROM_SIZE + MODEL_FROM_DATA
+    kwargs |= {k: v for k, v in dataclasses.asdict(cfg).items() if k != "size" and not (v is None and k in unset)}
     missing = [k for k in MODEL_FROM_SIZE if k not in kwargs]
     if missing:
         raise ValueError(f"model config needs a size or explicit {missing}")

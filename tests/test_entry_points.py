@@ -52,10 +52,14 @@ def test_bench_mixer_prints_ratios_for_every_variant():
 
 @pytest.mark.slow
 def test_bench_train_times_the_package_step_for_both_mixers():
-    out = run("bench/train.py", "--quick-batch", "2", "--s2-batch", "1", "--min-seconds", "0", *ONE_THREAD).stdout
+    batches = ["--quick-batch", "2", "--latent-batch", "2", "--s2-batch", "1"]
+    out = run("bench/train.py", *batches, "--min-seconds", "0", *ONE_THREAD).stdout
     rows = {(r[0], r[1]): r for r in table_rows(out)[1:]}
-    assert set(rows) == {(m, x) for m in ("quickstart", "FlashDiT-S/2 256px") for x in ("iwin", "attention")}
+    models = ("quickstart", "latent", "FlashDiT-S/2 256px")
+    assert set(rows) == {(m, x) for m in models for x in ("iwin", "attention")}
     assert rows[("quickstart", "attention")][-1] == "1.00x" and float(rows[("quickstart", "iwin")][5]) > 0
+    only = run("bench/train.py", *batches, "--models", "latent", "--min-seconds", "0", *ONE_THREAD).stdout
+    assert {r[0] for r in table_rows(only)[1:]} == {"latent"}
 
 
 def test_bench_widths_times_every_candidate_against_the_quickstart():

@@ -17,7 +17,15 @@ from safetensors.torch import load_file
 
 import train as train_script
 from flashdit import FlashDiTPipeline, checkpoint, training
-from flashdit.config import ConfigError, ExperimentConfig, from_dict, load_config, read_config_values
+from flashdit.config import (
+    MODEL_FROM_DATA,
+    MODEL_FROM_SIZE,
+    ConfigError,
+    ExperimentConfig,
+    from_dict,
+    load_config,
+    read_config_values,
+)
 from flashdit.data import FASHION_MNIST_DIR, ResumableBatchSampler, load_idx_split, pad_and_scale, read_idx
 from flashdit.extract import main as extract_main
 from flashdit.extract import parse_args as extract_args
@@ -126,14 +134,28 @@ def test_shipped_configs_load_and_build(path):
         model = training.build_model(cfg.model, info)
     written = read_config_values(path).get("model", {})
     for key, value in written.items():  # every model setting the recipe (or its base) writes reaches the model
-        if key != "size" and value is not None:
-            assert model.config[key] == value, key
+        if key != "size" and not (value is None and key in MODEL_FROM_SIZE + MODEL_FROM_DATA):
+            assert model.config[key] == value, key  # None too: `kernel_size: null` is "no convolution"
     for key in ("channels", "size", "num_classes"):  # and the data decides what the recipe leaves out
         name = {"channels": "in_channels", "size": "sample_size", "num_classes": "num_classes"}[key]
         assert model.config[name] == info[key]
     assert SamplingSettings.from_dict(cfg.sample.to_dict()) == SamplingSettings(**cfg.sample.to_dict())
     if cfg.data.kind == "fashion_mnist":
         assert cfg.flow.cosine_weight == 0  # inert on one grey channel (flow_loss refuses it)
+
+
+def test_a_recipe_null_reaches_the_model_as_none():
+    """`model.kernel_size=null` is global attention without the convolution branch; only the fields a size or the
+    data fills take null as "unset"."""
+    info = dict(channels=1, size=32, num_classes=10)
+    overrides = ["model.mixer=attention", "model.kernel_size=null", "model.pos_embed=sincos"]
+    with torch.device("meta"):
+        attention = training.build_model(load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides).model, info)
+        iwin = training.build_model(load_config(ROOT / "configs" / "fashion_mnist.yaml").model, info)
+    assert attention.config.kernel_size is None and iwin.config.kernel_size == 3
+    convs = [type(m) for m in attention.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert convs == [] and sum(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in iwin.modules()) > 0
+    assert attention.num_parameters() < iwin.num_parameters()
 
 
 @pytest.mark.parametrize("name", ["flashdit_xl_vavae_f16d32.yaml", "flashdit_xl2_sdvae.yaml"])
