@@ -43,7 +43,8 @@ def main(args) -> None:
     latent_info = dict(channels=4, size=32, num_classes=1000)
     ae_info = dict(channels=4, size=16, num_classes=10)
     ae_recipe = ROOT / "configs" / "fashion_mnist_latent.yaml"
-    latent_batch = args.latent_batch or load_config(ae_recipe).train.global_batch_size
+    ae = load_config(ae_recipe)
+    latent_batch = args.latent_batch or ae.train.global_batch_size
     quick_batch = args.quick_batch or quick.train.global_batch_size
     cases = {
         ("quickstart", "iwin"): (quick, fm_info, quick_batch),
@@ -52,7 +53,7 @@ def main(args) -> None:
             fm_info,
             quick_batch,
         ),
-        ("latent", "iwin"): (load_config(ae_recipe), ae_info, latent_batch),
+        ("latent", "iwin"): (ae, ae_info, latent_batch),
         ("latent", "attention"): (load_config(ae_recipe, BASELINE), ae_info, latent_batch),
         ("FlashDiT-S/2 256px", "iwin"): (s2, latent_info, args.s2_batch),
         ("FlashDiT-S/2 256px", "attention"): (

@@ -49,11 +49,8 @@ SAMPLING = ["--sampler", "euler", "--steps", "32", "--guidance-interval", "0.1",
 PROXY_GUIDANCE = (1.5, 2.5)
 SWEEP_GUIDANCE = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 SEEDS = (0, 1)
-# run name -> (overrides of the latent recipe, training seeds, the model whose seed-0 guidance sweep it uses)
-LATENT_ROWS = {
-    "flashdit": ([], SEEDS, "flashdit"),
-    "attention": ([*ATTENTION, f"train.max_steps={ATTENTION_STEPS}"], SEEDS, "attention"),
-}
+# row -> its overrides of the latent recipe
+LATENT_ROWS = {"flashdit": [], "attention": [*ATTENTION, f"train.max_steps={ATTENTION_STEPS}"]}
 
 
 def ae_candidates(best_c: int | None) -> dict[str, list[str]]:
@@ -238,20 +235,17 @@ def stage_final(args, work: Path) -> Path:
 
 
 def stage_latent(args, work: Path, latents: Path) -> None:
-    def train(row: str, seed: int) -> Path:
-        pipe = train_latent(f"{row}-s{seed}", latents, [*LATENT_ROWS[row][0], f"train.seed={seed}"], work)
-        report()
-        return pipe
-
-    for row, (_, _, swept) in LATENT_ROWS.items():  # the guidance sweeps first: the other runs use them
-        if swept == row:
-            pipe = train(row, 0)
-            for g in SWEEP_GUIDANCE:
-                score(f"{row}-s0", pipe, g, 500, work)
-                report()
-    for row, (_, seeds, swept) in LATENT_ROWS.items():
-        for seed in (s for s in seeds if s in args.seeds):
-            score(f"{row}-s{seed}", train(row, seed), best_guidance(swept), 2000, work, prc=True)
+    for row, overrides in LATENT_ROWS.items():
+        pipes = {}
+        for seed in args.seeds:
+            pipes[seed] = train_latent(f"{row}-s{seed}", latents, [*overrides, f"train.seed={seed}"], work)
+            report()
+            if seed == 0:
+                for g in SWEEP_GUIDANCE:
+                    score(f"{row}-s0", pipes[0], g, 500, work)
+                    report()
+        for seed, pipe in pipes.items():
+            score(f"{row}-s{seed}", pipe, best_guidance(row), 2000, work, prc=True)
             report()
 
 
@@ -309,7 +303,7 @@ def report() -> str:
                     f"| {g} | {fmt(m['fid'])} | {fmt(m.get('kid_mean'), 4)} | {fmt(m.get('class_accuracy'), 3)} |"
                 )
             out.append("")
-        for seed in LATENT_ROWS[row][1]:
+        for seed in SEEDS:
             name, metrics = f"{row}-s{seed}", DOCS / f"{row}-s{seed}" / "metrics.jsonl"
             if not metrics.is_file():
                 continue
