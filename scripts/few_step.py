@@ -46,6 +46,9 @@ def steps_for(pipe, sampler: str, budget: int) -> tuple[int, int] | None:
 
 
 def score(model: str, sampler: str, steps: int, n: int, work: Path) -> dict:
+    """``eval_fid.py`` at one setting; a finished record is reused only if it was measured on this very model."""
+    from flashdit.utils import model_fingerprint
+
     record = DOCS / f"{sampler}_{steps}steps_n{n}.json"
     if not record.is_file():
         out = work / f"{sampler}_{steps}steps_n{n}"
@@ -71,7 +74,13 @@ def score(model: str, sampler: str, steps: int, n: int, work: Path) -> dict:
         report = json.loads((out / "metrics.json").read_text())
         DOCS.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"command": " ".join(cmd[1:]), **report}, indent=1))
-    return json.loads(record.read_text())
+    result = json.loads(record.read_text())
+    measured = result["settings"].get("model_fingerprint")
+    if measured != model_fingerprint(model):
+        raise SystemExit(
+            f"few_step: {record} was measured on another model than {model}; move {DOCS} aside to measure this one"
+        )
+    return result
 
 
 def speed(model: str, settings: list[tuple[str, int]], args) -> dict:

@@ -31,7 +31,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,14 +221,10 @@ def stage_ae(args, work: Path) -> tuple[int, float]:
 
 def stage_final(args, work: Path) -> Path:
     """The recipe's autoencoder, trained whole; its rFID-2000; the latents of the latent runs."""
-    t0 = time.perf_counter()
     vae = train_autoencoder("autoencoder", [], None, work)
     evaluate_autoencoder("autoencoder", vae, 2000)
     metrics = work / "autoencoder" / "metrics.jsonl"
-    record = {
-        "seconds_of_steps": round(seconds_of_steps(metrics, 64), 1),
-        "wall_this_sitting": time.perf_counter() - t0,
-    }
+    record = {"seconds_of_steps": round(seconds_of_steps(metrics, 64), 1)}
     (DOCS / "autoencoder" / "time.json").write_text(json.dumps(record, indent=1))
     return extract("autoencoder", vae, work)
 

@@ -1,6 +1,7 @@
 """The scheduler is the sampler: diffusers' flow-matching schedulers driven by FlashDiTPipeline
 (flashdit/schedulers.py)."""
 
+import json
 import math
 
 import numpy as np
@@ -239,3 +240,46 @@ def test_bad_grids_are_refused_before_sampling(kwargs, match):
     with pytest.raises(UserError, match=match):
         pipe([0], output_type="latent", **kwargs)
     assert pipe.transformer.calls == 0
+
+
+@pytest.mark.parametrize("name", list(SWAPS))
+def test_the_few_step_ladder_counts_the_evaluations_each_sampler_makes(name):
+    # scripts/few_step.py picks the most steps whose evaluations per image fit a budget; count the rows the
+    # transformer actually sees per image with the guidance interval cutting some of the guided halves
+    from scripts.few_step import steps_for
+
+    pipe = pixel_pipe(sampling=dict(guidance_scale=2.0, guidance_interval=[0.1, 0.8], timestep_shift=0.5))
+    pipe.set_progress_bar_config(disable=True)
+    forward = pipe.transformer.forward
+    rows = []
+
+    def counting(hidden_states, *args, **kwargs):
+        rows.append(hidden_states.shape[0])
+        return forward(hidden_states, *args, **kwargs)
+
+    pipe.transformer.forward = counting
+    for budget in (4, 6, 8):
+        steps, nfe = steps_for(pipe, name, budget)
+        rows.clear()
+        pipe([1, 2], sampler=name, num_inference_steps=steps, generator=gens([0, 1]), output_type="latent")
+        assert sum(rows) / 2 == nfe <= budget
+        rows.clear()
+        pipe([1, 2], sampler=name, num_inference_steps=steps + 1, generator=gens([0, 1]), output_type="latent")
+        assert sum(rows) / 2 > budget  # one step more would not fit
+
+
+def test_the_few_step_ladder_refuses_records_measured_on_another_model(tmp_path, monkeypatch):
+    import scripts.few_step as few_step
+    from flashdit.utils import model_fingerprint
+
+    pipe = pixel_pipe()
+    pipe.save_pretrained(tmp_path / "p")
+    monkeypatch.setattr(few_step, "DOCS", tmp_path / "docs")
+    (tmp_path / "docs").mkdir()
+    record = tmp_path / "docs" / "euler_4steps_n10.json"
+    made = {"metrics": {"fid": 1.0}, "settings": {"model_fingerprint": model_fingerprint(str(tmp_path / "p"))}}
+    record.write_text(json.dumps(made))
+    assert few_step.score(str(tmp_path / "p"), "euler", 4, 10, tmp_path)["metrics"]["fid"] == 1.0  # reused
+    record.write_text(json.dumps({**made, "settings": {"model_fingerprint": "another"}}))
+    with pytest.raises(SystemExit, match="measured on another model"):
+        few_step.score(str(tmp_path / "p"), "euler", 4, 10, tmp_path)
