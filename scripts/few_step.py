@@ -67,6 +67,7 @@ def score(model: str, sampler: str, steps: int, n: int, work: Path) -> dict:
         cmd += ["--out", str(out), "--quiet", "--batch-size", "100", "--kid-subset-size", str(min(n, 1000))]
         print("$", " ".join(cmd[1:]), flush=True)
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        out.parent.mkdir(parents=True, exist_ok=True)
         with open(out.with_suffix(".log"), "a") as log:
             proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         if proc.returncode:

@@ -283,3 +283,29 @@ def test_the_few_step_ladder_refuses_records_measured_on_another_model(tmp_path,
     record.write_text(json.dumps({**made, "settings": {"model_fingerprint": "another"}}))
     with pytest.raises(SystemExit, match="measured on another model"):
         few_step.score(str(tmp_path / "p"), "euler", 4, 10, tmp_path)
+
+
+def test_the_few_step_ladder_scores_into_a_fresh_work_folder_and_keeps_the_command(tmp_path, monkeypatch):
+    import subprocess
+
+    import scripts.few_step as few_step
+    from flashdit.utils import model_fingerprint
+
+    model = str(tmp_path / "p")
+    pixel_pipe().save_pretrained(model)
+    monkeypatch.setattr(few_step, "DOCS", tmp_path / "docs")
+    calls = []
+
+    def eval_fid(cmd, **kwargs):  # stands in for eval_fid.py: writes metrics.json where --out says
+        calls.append(cmd)
+        out = tmp_path / cmd[cmd.index("--out") + 1]
+        out.mkdir(parents=True)
+        made = {"metrics": {"fid": 2.0}, "settings": {"model_fingerprint": model_fingerprint(model)}}
+        (out / "metrics.json").write_text(json.dumps(made))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(few_step.subprocess, "run", eval_fid)
+    work = tmp_path / "not" / "yet" / "there"
+    got = few_step.score(model, "unipc", 5, 10, work)
+    assert got["metrics"]["fid"] == 2.0 and "--sampler unipc --steps 5" in got["command"]
+    assert few_step.score(model, "unipc", 5, 10, work) == got and len(calls) == 1  # the record is reused
