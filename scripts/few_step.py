@@ -125,7 +125,7 @@ def report(rows: list[dict], baseline: dict | None, speeds: dict) -> Path:
             f"| stored setting (euler) | — | {baseline['steps']} | {baseline['nfe']} | {m['fid']:.1f} "
             f"| {m['kid_mean']:.4f} | {m['class_accuracy']:.3f} |"
         )
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["budget"], SCHEDULERS.index(r["sampler"]))):
         m = r["metrics"]
         lines.append(
             f"| {r['sampler']} | {r['budget']} | {r['steps']} | {r['nfe']} | {m['fid']:.1f} | {m['kid_mean']:.4f} "
