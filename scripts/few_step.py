@@ -45,43 +45,51 @@ def steps_for(pipe, sampler: str, budget: int) -> tuple[int, int] | None:
     return best
 
 
-def score(model: str, sampler: str, steps: int, n: int, work: Path) -> dict:
-    """``eval_fid.py`` at one setting; a finished record is reused only if it was measured on this very model."""
+def reused(record: Path, model: str) -> dict:
+    """A finished record, refused unless it was measured on this very model (a rerun never mixes two models)."""
     from flashdit.utils import model_fingerprint
 
-    record = DOCS / f"{sampler}_{steps}steps_n{n}.json"
-    if not record.is_file():
-        out = work / f"{sampler}_{steps}steps_n{n}"
-        cmd = [sys.executable, "eval_fid.py", "--model", model, "--num-samples", str(n), "--reference", REFERENCE]
-        cmd += [
-            "--metrics",
-            "fid",
-            "kid",
-            "--classifier",
-            "fashion-mnist",
-            "--sampler",
-            sampler,
-            "--steps",
-            str(steps),
-        ]
-        cmd += ["--out", str(out), "--quiet", "--batch-size", "100", "--kid-subset-size", str(min(n, 1000))]
-        print("$", " ".join(cmd[1:]), flush=True)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out.with_suffix(".log"), "a") as log:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if proc.returncode:
-            raise SystemExit(f"few_step: eval_fid.py failed ({proc.returncode}); see {out.with_suffix('.log')}")
-        report = json.loads((out / "metrics.json").read_text())
-        DOCS.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"command": " ".join(cmd[1:]), **report}, indent=1))
     result = json.loads(record.read_text())
-    measured = result["settings"].get("model_fingerprint")
-    if measured != model_fingerprint(model):
+    if result["settings"].get("model_fingerprint") != model_fingerprint(model):
         raise SystemExit(
-            f"few_step: {record} was measured on another model than {model}; move {DOCS} aside to measure this one"
+            f"few_step.py: error: {record} was measured on another model than {model}; "
+            f"move {DOCS} aside to measure this one"
         )
     return result
+
+
+def score(model: str, sampler: str, steps: int, n: int, work: Path) -> dict:
+    """``eval_fid.py`` at one setting, or its finished record."""
+    from flashdit.utils import atomic_path
+
+    record = DOCS / f"{sampler}_{steps}steps_n{n}.json"
+    if record.is_file():
+        return reused(record, model)
+    out = work / f"{sampler}_{steps}steps_n{n}"
+    cmd = [sys.executable, "eval_fid.py", "--model", model, "--num-samples", str(n), "--reference", REFERENCE]
+    cmd += [
+        "--metrics",
+        "fid",
+        "kid",
+        "--classifier",
+        "fashion-mnist",
+        "--sampler",
+        sampler,
+        "--steps",
+        str(steps),
+    ]
+    cmd += ["--out", str(out), "--quiet", "--batch-size", "100", "--kid-subset-size", str(min(n, 1000))]
+    print("$", " ".join(cmd[1:]), flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".log"), "a") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise SystemExit(f"few_step: eval_fid.py failed ({proc.returncode}); see {out.with_suffix('.log')}")
+    report = {"command": " ".join(cmd[1:]), **json.loads((out / "metrics.json").read_text())}
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    return report
 
 
 def speed(model: str, settings: list[tuple[str, int]], args) -> dict:
@@ -185,6 +193,8 @@ def main() -> None:
 
     pipe = load_pipeline(args.model, "cpu")
     stored = SamplingSettings.from_dict(pipe.config.sampling)
+    for record in sorted(DOCS.glob(f"*steps_n{args.num_samples}.json")):  # before any work, not after the next
+        reused(record, args.model)
     work = ROOT / args.work
     rows = []
     guidance = flow.Guidance(stored.guidance_scale, stored.guidance_interval, stored.cfg_channels)

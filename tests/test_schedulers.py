@@ -268,32 +268,36 @@ def test_the_few_step_ladder_counts_the_evaluations_each_sampler_makes(name):
         assert sum(rows) / 2 > budget  # one step more would not fit
 
 
-def test_the_few_step_ladder_refuses_records_measured_on_another_model(tmp_path, monkeypatch):
+@pytest.fixture
+def ladder(tmp_path, monkeypatch):
+    """scripts/few_step.py writing its records under tmp_path, and a saved tiny pipeline to measure."""
     import scripts.few_step as few_step
+
+    pixel_pipe().save_pretrained(tmp_path / "p")
+    monkeypatch.setattr(few_step, "DOCS", tmp_path / "docs")
+    return few_step, str(tmp_path / "p")
+
+
+def test_the_few_step_ladder_refuses_records_measured_on_another_model(tmp_path, ladder):
     from flashdit.utils import model_fingerprint
 
-    pipe = pixel_pipe()
-    pipe.save_pretrained(tmp_path / "p")
-    monkeypatch.setattr(few_step, "DOCS", tmp_path / "docs")
+    few_step, model = ladder
     (tmp_path / "docs").mkdir()
     record = tmp_path / "docs" / "euler_4steps_n10.json"
-    made = {"metrics": {"fid": 1.0}, "settings": {"model_fingerprint": model_fingerprint(str(tmp_path / "p"))}}
+    made = {"metrics": {"fid": 1.0}, "settings": {"model_fingerprint": model_fingerprint(model)}}
     record.write_text(json.dumps(made))
-    assert few_step.score(str(tmp_path / "p"), "euler", 4, 10, tmp_path)["metrics"]["fid"] == 1.0  # reused
+    assert few_step.score(model, "euler", 4, 10, tmp_path)["metrics"]["fid"] == 1.0  # reused
     record.write_text(json.dumps({**made, "settings": {"model_fingerprint": "another"}}))
     with pytest.raises(SystemExit, match="measured on another model"):
-        few_step.score(str(tmp_path / "p"), "euler", 4, 10, tmp_path)
+        few_step.score(model, "euler", 4, 10, tmp_path)
 
 
-def test_the_few_step_ladder_scores_into_a_fresh_work_folder_and_keeps_the_command(tmp_path, monkeypatch):
+def test_the_few_step_ladder_scores_into_a_fresh_work_folder_and_keeps_the_command(tmp_path, ladder, monkeypatch):
     import subprocess
 
-    import scripts.few_step as few_step
     from flashdit.utils import model_fingerprint
 
-    model = str(tmp_path / "p")
-    pixel_pipe().save_pretrained(model)
-    monkeypatch.setattr(few_step, "DOCS", tmp_path / "docs")
+    few_step, model = ladder
     calls = []
 
     def eval_fid(cmd, **kwargs):  # stands in for eval_fid.py: writes metrics.json where --out says
