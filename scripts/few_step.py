@@ -28,17 +28,19 @@ SCHEDULERS = ("euler", "heun", "dpm++", "unipc")
 BUDGETS = (4, 6, 8, 12, 16, 32)
 
 
-def steps_for(pipe, sampler: str, budget: int) -> tuple[int, int] | None:
-    """The most integration steps whose model evaluations per image fit ``budget``: ``(steps, evaluations)``."""
+def steps_for(pipe, sampler: str, budget: int, shift: float | None = None) -> tuple[int, int] | None:
+    """The most integration steps whose model evaluations per image fit ``budget``: ``(steps, evaluations)``, at
+    the stored guidance interval and the stored (or the given) timestep shift."""
     from flashdit import flow, schedulers
     from flashdit.settings import SamplingSettings
 
     settings = SamplingSettings.from_dict(pipe.config.sampling)
     guidance = flow.Guidance(settings.guidance_scale, settings.guidance_interval, settings.cfg_channels)
+    shift = settings.timestep_shift if shift is None else shift
     best = None
     for n in range(1, budget + 1):
         _, scheduler = pipe.resolve_sampler(sampler)
-        times = schedulers.set_timesteps(scheduler, n, settings.timestep_shift, "cpu")
+        times = schedulers.set_timesteps(scheduler, n, shift, "cpu")
         nfe = schedulers.model_evaluations(times, guidance)
         if nfe <= budget:
             best = (n, nfe)
@@ -58,14 +60,20 @@ def reused(record: Path, model: str) -> dict:
     return result
 
 
-def score(model: str, sampler: str, steps: int, n: int, work: Path) -> dict:
-    """``eval_fid.py`` at one setting, or its finished record."""
+def score(
+    model: str, sampler: str, steps: int, n: int, work: Path, cfg: float | None = None, shift: float | None = None
+) -> dict:
+    """``eval_fid.py`` at one setting, or its finished record. ``cfg``/``shift`` replace the stored guidance scale
+    and timestep shift (the sweep's points, recorded under ``sweep/``)."""
     from flashdit.utils import atomic_path
 
-    record = DOCS / f"{sampler}_{steps}steps_n{n}.json"
+    name = f"{sampler}_{steps}steps"
+    if cfg is not None or shift is not None:
+        name = f"sweep/{name}_cfg{cfg}_shift{shift}"
+    record = DOCS / f"{name}_n{n}.json"
     if record.is_file():
         return reused(record, model)
-    out = work / f"{sampler}_{steps}steps_n{n}"
+    out = work / f"{name}_n{n}"
     cmd = [sys.executable, "eval_fid.py", "--model", model, "--num-samples", str(n), "--reference", REFERENCE]
     cmd += [
         "--metrics",
@@ -78,6 +86,8 @@ def score(model: str, sampler: str, steps: int, n: int, work: Path) -> dict:
         "--steps",
         str(steps),
     ]
+    cmd += ["--cfg", str(cfg)] if cfg is not None else []
+    cmd += ["--shift", str(shift)] if shift is not None else []
     cmd += ["--out", str(out), "--quiet", "--batch-size", "100", "--kid-subset-size", str(min(n, 1000))]
     print("$", " ".join(cmd[1:]), flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -87,9 +97,62 @@ def score(model: str, sampler: str, steps: int, n: int, work: Path) -> dict:
     if proc.returncode:
         raise SystemExit(f"few_step: eval_fid.py failed ({proc.returncode}); see {out.with_suffix('.log')}")
     report = {"command": " ".join(cmd[1:]), **json.loads((out / "metrics.json").read_text())}
+    record.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(record) as tmp:
         tmp.write_text(json.dumps(report, indent=1))
     return report
+
+
+def sweep(pipe, args, work: Path) -> list[dict]:
+    """Guidance scale x timestep shift for each ``--sweep`` scheduler at the most steps that fit ``--sweep-budget``
+    (a shift moves the grid across the guidance interval, so the steps may differ from point to point)."""
+    rows = []
+    for sampler in args.sweep:
+        for shift in args.shift_grid:
+            fit = steps_for(pipe, sampler, args.sweep_budget, shift)
+            if fit is None:
+                continue
+            for cfg in args.cfg_grid:
+                steps, nfe = fit
+                if (
+                    args.report_only
+                    and not (
+                        DOCS / f"sweep/{sampler}_{steps}steps_cfg{cfg}_shift{shift}_n{args.sweep_samples}.json"
+                    ).is_file()
+                ):
+                    continue
+                result = score(args.model, sampler, steps, args.sweep_samples, work, cfg, shift)
+                rows.append({"sampler": sampler, "cfg": cfg, "shift": shift, "steps": steps, "nfe": nfe, **result})
+                print(
+                    f"== sweep {sampler} {steps} steps ({nfe} evaluations) cfg {cfg} shift {shift}: "
+                    f"FID {result['metrics']['fid']:.2f}"
+                )
+    return rows
+
+
+def sweep_report(rows: list[dict], n: int, baseline: dict | None) -> Path:
+    """One table per scheduler and sample count: timestep shift down, guidance scale across."""
+    lines = []
+    if baseline:
+        lines += [f"stored setting ({baseline['label']}): FID-{n} {baseline['metrics']['fid']:.1f}", ""]
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        mine = [r for r in rows if r["sampler"] == sampler]
+        cfgs = sorted({r["cfg"] for r in mine})
+        lines += [
+            f"{sampler}, FID-{n} (steps / evaluations per image), at most {max(r['nfe'] for r in mine)} evaluations",
+            "",
+        ]
+        lines += ["| shift | steps / evaluations | " + " | ".join(f"guidance {c:g}" for c in cfgs) + " |"]
+        lines += ["|---|---|" + "---|" * len(cfgs)]
+        for shift in sorted({r["shift"] for r in mine}):
+            cells = {r["cfg"]: r for r in mine if r["shift"] == shift}
+            first = next(iter(cells.values()))
+            fids = [f"{cells[c]['metrics']['fid']:.1f}" if c in cells else "" for c in cfgs]
+            lines.append(f"| {shift:g} | {first['steps']} / {first['nfe']} | " + " | ".join(fids) + " |")
+        lines.append("")
+    table = DOCS / f"sweep_n{n}.md"
+    table.write_text("\n".join(lines))
+    return table
 
 
 def speed(model: str, settings: list[tuple[str, int]], args) -> dict:
@@ -186,16 +249,38 @@ def main() -> None:
     p.add_argument("--speed-batch", type=int, default=100)
     p.add_argument("--speed-repeats", type=int, default=3)
     p.add_argument("--report-only", action="store_true")
+    g = p.add_argument_group("sweep (instead of the ladder): guidance scale x timestep shift at one budget")
+    g.add_argument("--sweep", nargs="*", default=[], choices=SCHEDULERS, metavar="SCHEDULER")
+    g.add_argument("--sweep-budget", type=int, default=10, help="evaluations per image (default 10)")
+    g.add_argument("--sweep-samples", type=int, default=500)
+    g.add_argument("--cfg-grid", type=float, nargs="+", default=[1.5, 2.0, 2.5, 3.0])
+    g.add_argument("--shift-grid", type=float, nargs="+", default=[0.3, 0.5, 0.7, 1.0, 1.5])
     args = p.parse_args()
+    for name in ("num_samples", "sweep_budget", "sweep_samples", "speed_batch", "speed_repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"argument --{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
+    if min(args.cfg_grid) < 0 or min(args.shift_grid) <= 0:
+        p.error("argument --cfg-grid/--shift-grid: guidance must be >= 0 and shift > 0")
     from flashdit import flow, schedulers
     from flashdit.pipeline import load_pipeline
     from flashdit.settings import SamplingSettings
 
     pipe = load_pipeline(args.model, "cpu")
     stored = SamplingSettings.from_dict(pipe.config.sampling)
-    for record in sorted(DOCS.glob(f"*steps_n{args.num_samples}.json")):  # before any work, not after the next
+    for record in sorted(DOCS.glob("**/*steps*_n*.json")):  # before any work, not after the next point
         reused(record, args.model)
     work = ROOT / args.work
+    if args.sweep:
+        record = DOCS / f"euler_{stored.num_inference_steps}steps_n{args.sweep_samples}.json"
+        baseline = None
+        if not args.report_only or record.is_file():
+            baseline = score(args.model, "euler", stored.num_inference_steps, args.sweep_samples, work)
+            baseline["label"] = (
+                f"Euler {stored.num_inference_steps} steps, guidance {stored.guidance_scale:g}, "
+                f"shift {stored.timestep_shift:g}"
+            )
+        print(f"wrote {sweep_report(sweep(pipe, args, work), args.sweep_samples, baseline)}")
+        return
     rows = []
     guidance = flow.Guidance(stored.guidance_scale, stored.guidance_interval, stored.cfg_channels)
     _, base_scheduler = pipe.resolve_sampler("euler")

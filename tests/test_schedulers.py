@@ -3,6 +3,7 @@
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -313,3 +314,49 @@ def test_the_few_step_ladder_scores_into_a_fresh_work_folder_and_keeps_the_comma
     got = few_step.score(model, "unipc", 5, 10, work)
     assert got["metrics"]["fid"] == 2.0 and "--sampler unipc --steps 5" in got["command"]
     assert few_step.score(model, "unipc", 5, 10, work) == got and len(calls) == 1  # the record is reused
+
+
+def test_the_few_step_sweep_passes_each_guidance_and_shift_and_fits_the_steps_to_its_grid(
+    tmp_path, ladder, monkeypatch
+):
+    import subprocess
+
+    from flashdit.pipeline import load_pipeline
+    from flashdit.utils import model_fingerprint
+    from scripts.few_step import steps_for
+
+    few_step, _ = ladder
+    model = str(tmp_path / "guided")  # guided for 0.1 <= t <= 0.8: the shift moves steps in and out of it
+    pixel_pipe(sampling=dict(guidance_scale=2.0, guidance_interval=[0.1, 0.8])).save_pretrained(model)
+
+    def eval_fid(cmd, **kwargs):  # FID = 10 x guidance + shift, read back from its command; 99 at the stored
+        value = lambda flag: float(cmd[cmd.index(flag) + 1]) if flag in cmd else None  # noqa: E731
+        fid = 99.0 if value("--cfg") is None else 10 * value("--cfg") + value("--shift")
+        out = tmp_path / cmd[cmd.index("--out") + 1]
+        out.mkdir(parents=True)
+        made = {"metrics": {"fid": fid}, "settings": {"model_fingerprint": model_fingerprint(model)}}
+        (out / "metrics.json").write_text(json.dumps(made))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(few_step.subprocess, "run", eval_fid)
+    argv = ["few_step.py", "--model", model, "--sweep", "unipc", "--sweep-budget", "8", "--sweep-samples", "10"]
+    argv += ["--cfg-grid", "1.5", "3", "--shift-grid", "0.3", "1.0", "--work", str(tmp_path / "work")]
+    monkeypatch.setattr(sys, "argv", argv)
+    few_step.main()
+    records = sorted((tmp_path / "docs" / "sweep").glob("*.json"))
+    assert len(records) == 4
+    pipe = load_pipeline(model, "cpu")
+    table = (tmp_path / "docs" / "sweep_n10.md").read_text()
+    assert table.startswith("stored setting (Euler 50 steps, guidance 2, shift 1): ")  # the default steps
+    assert "FID-10 99.0" in table.splitlines()[0]
+    assert steps_for(pipe, "unipc", 8, 0.3) != steps_for(pipe, "unipc", 8, 1.0)  # the shift changes the fit
+    for shift in (0.3, 1.0):
+        steps, nfe = steps_for(pipe, "unipc", 8, shift)
+        assert nfe <= 8
+        row = next(line for line in table.splitlines() if line.startswith(f"| {shift:g} |"))
+        assert row == f"| {shift:g} | {steps} / {nfe} | {15 + shift:.1f} | {30 + shift:.1f} |"
+        for cfg in (1.5, 3.0):
+            got = json.loads(
+                (tmp_path / "docs" / f"sweep/unipc_{steps}steps_cfg{cfg}_shift{shift}_n10.json").read_text()
+            )
+            assert f"--steps {steps} --cfg {cfg} --shift {shift}" in got["command"]
