@@ -28,20 +28,29 @@ SCHEDULERS = ("euler", "heun", "dpm++", "unipc")
 BUDGETS = (4, 6, 8, 12, 16, 32)
 
 
-def steps_for(pipe, sampler: str, budget: int, shift: float | None = None) -> tuple[int, int] | None:
-    """The most integration steps whose model evaluations per image fit ``budget``: ``(steps, evaluations)``, at
-    the stored guidance interval and the stored (or the given) timestep shift."""
+def evaluations(pipe, sampler: str, steps: int, shift: float, cfg: float, interval) -> int:
+    """Model evaluations per image of one call (a guided step counts twice)."""
     from flashdit import flow, schedulers
+
+    guidance = flow.Guidance(cfg, interval, pipe.config.sampling.get("cfg_channels"))
+    _, scheduler = pipe.resolve_sampler(sampler)
+    return schedulers.model_evaluations(schedulers.set_timesteps(scheduler, steps, shift, "cpu"), guidance)
+
+
+def steps_for(
+    pipe, sampler: str, budget: int, shift: float | None = None, cfg: float | None = None, interval=None
+) -> tuple[int, int] | None:
+    """The most integration steps whose model evaluations per image fit ``budget``: ``(steps, evaluations)``, at
+    the stored guidance scale, interval and timestep shift, or the ones given."""
     from flashdit.settings import SamplingSettings
 
-    settings = SamplingSettings.from_dict(pipe.config.sampling)
-    guidance = flow.Guidance(settings.guidance_scale, settings.guidance_interval, settings.cfg_channels)
-    shift = settings.timestep_shift if shift is None else shift
+    stored = SamplingSettings.from_dict(pipe.config.sampling)
+    cfg = stored.guidance_scale if cfg is None else cfg
+    interval = stored.guidance_interval if interval is None else interval
+    shift = stored.timestep_shift if shift is None else shift
     best = None
     for n in range(1, budget + 1):
-        _, scheduler = pipe.resolve_sampler(sampler)
-        times = schedulers.set_timesteps(scheduler, n, shift, "cpu")
-        nfe = schedulers.model_evaluations(times, guidance)
+        nfe = evaluations(pipe, sampler, n, shift, cfg, interval)
         if nfe <= budget:
             best = (n, nfe)
     return best
@@ -60,17 +69,32 @@ def reused(record: Path, model: str) -> dict:
     return result
 
 
-def score(
-    model: str, sampler: str, steps: int, n: int, work: Path, cfg: float | None = None, shift: float | None = None
-) -> dict:
-    """``eval_fid.py`` at one setting, or its finished record. ``cfg``/``shift`` replace the stored guidance scale
-    and timestep shift (the sweep's points, recorded under ``sweep/``)."""
-    from flashdit.utils import atomic_path
-
+def record_path(sampler: str, steps: int, n: int, cfg=None, shift=None, interval=None) -> Path:
+    """Where a point's record lives: ``<sampler>_<steps>steps_n<N>.json``, a sweep's under ``sweep/``."""
     name = f"{sampler}_{steps}steps"
     if cfg is not None or shift is not None:
         name = f"sweep/{name}_cfg{cfg}_shift{shift}"
-    record = DOCS / f"{name}_n{n}.json"
+    if interval is not None:
+        name += f"_interval{interval[0]}-{interval[1]}"
+    return DOCS / f"{name}_n{n}.json"
+
+
+def score(
+    model: str,
+    sampler: str,
+    steps: int,
+    n: int,
+    work: Path,
+    cfg: float | None = None,
+    shift: float | None = None,
+    interval: tuple[float, float] | None = None,
+) -> dict:
+    """``eval_fid.py`` at one setting, or its finished record. ``cfg``/``shift``/``interval`` replace the stored
+    guidance scale, timestep shift and guidance interval (the sweep's points, recorded under ``sweep/``)."""
+    from flashdit.utils import atomic_path
+
+    record = record_path(sampler, steps, n, cfg, shift, interval)
+    name = str(record.relative_to(DOCS).with_suffix(""))
     if record.is_file():
         return reused(record, model)
     out = work / f"{name}_n{n}"
@@ -88,6 +112,7 @@ def score(
     ]
     cmd += ["--cfg", str(cfg)] if cfg is not None else []
     cmd += ["--shift", str(shift)] if shift is not None else []
+    cmd += ["--guidance-interval", str(interval[0]), str(interval[1])] if interval is not None else []
     cmd += ["--out", str(out), "--quiet", "--batch-size", "100", "--kid-subset-size", str(min(n, 1000))]
     print("$", " ".join(cmd[1:]), flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -103,52 +128,53 @@ def score(
     return report
 
 
-def sweep(pipe, args, work: Path) -> list[dict]:
-    """Guidance scale x timestep shift for each ``--sweep`` scheduler at the most steps that fit ``--sweep-budget``
-    (a shift moves the grid across the guidance interval, so the steps may differ from point to point)."""
-    rows = []
+def sweep(pipe, args, work: Path) -> None:
+    """Guidance scale x timestep shift (x guidance interval, with ``--interval-grid``) for each ``--sweep``
+    scheduler at the most steps that fit ``--sweep-budget``: the shift moves the grid across the guidance interval
+    and guidance 1 costs one evaluation a step, so the steps may differ from point to point."""
     for sampler in args.sweep:
-        for shift in args.shift_grid:
-            fit = steps_for(pipe, sampler, args.sweep_budget, shift)
-            if fit is None:
-                continue
-            for cfg in args.cfg_grid:
-                steps, nfe = fit
-                if (
-                    args.report_only
-                    and not (
-                        DOCS / f"sweep/{sampler}_{steps}steps_cfg{cfg}_shift{shift}_n{args.sweep_samples}.json"
-                    ).is_file()
-                ):
-                    continue
-                result = score(args.model, sampler, steps, args.sweep_samples, work, cfg, shift)
-                rows.append({"sampler": sampler, "cfg": cfg, "shift": shift, "steps": steps, "nfe": nfe, **result})
-                print(
-                    f"== sweep {sampler} {steps} steps ({nfe} evaluations) cfg {cfg} shift {shift}: "
-                    f"FID {result['metrics']['fid']:.2f}"
-                )
-    return rows
+        for interval in args.interval_grid or [None]:
+            for shift in args.shift_grid:
+                for cfg in args.cfg_grid:
+                    fit = steps_for(pipe, sampler, args.sweep_budget, shift, cfg, interval)
+                    if fit is None:
+                        continue
+                    result = score(args.model, sampler, fit[0], args.sweep_samples, work, cfg, shift, interval)
+                    print(
+                        f"== sweep {sampler} {fit[0]} steps ({fit[1]} evaluations) cfg {cfg} shift {shift} "
+                        f"interval {interval or 'stored'}: FID {result['metrics']['fid']:.2f}"
+                    )
 
 
-def sweep_report(rows: list[dict], n: int, baseline: dict | None) -> Path:
-    """One table per scheduler and sample count: timestep shift down, guidance scale across."""
+def sweep_report(pipe, n: int, baseline: dict | None) -> Path:
+    """Every sweep record at ``n`` samples, one table per scheduler and guidance interval: timestep shift down,
+    guidance scale across, each cell FID (steps / evaluations per image)."""
+    rows = []
+    for record in sorted((DOCS / "sweep").glob(f"*_n{n}.json")):
+        got = json.loads(record.read_text())
+        s = got["settings"]
+        key = (s["sampler"], s["num_inference_steps"], s["timestep_shift"], s["guidance_scale"])
+        interval = tuple(s["guidance_interval"])
+        nfe = evaluations(pipe, *key[:3], key[3], interval)
+        rows.append(dict(zip(("sampler", "steps", "shift", "cfg"), key), interval=interval, nfe=nfe, **got))
     lines = []
     if baseline:
         lines += [f"stored setting ({baseline['label']}): FID-{n} {baseline['metrics']['fid']:.1f}", ""]
-    for sampler in dict.fromkeys(r["sampler"] for r in rows):
-        mine = [r for r in rows if r["sampler"] == sampler]
+    for sampler, interval in sorted({(r["sampler"], r["interval"]) for r in rows}):
+        mine = [r for r in rows if (r["sampler"], r["interval"]) == (sampler, interval)]
         cfgs = sorted({r["cfg"] for r in mine})
         lines += [
-            f"{sampler}, FID-{n} (steps / evaluations per image), at most {max(r['nfe'] for r in mine)} evaluations",
+            f"{sampler}, guidance for {interval[0]:g} <= t <= {interval[1]:g}: FID-{n} (steps / evaluations)",
             "",
         ]
-        lines += ["| shift | steps / evaluations | " + " | ".join(f"guidance {c:g}" for c in cfgs) + " |"]
-        lines += ["|---|---|" + "---|" * len(cfgs)]
+        lines += ["| shift | " + " | ".join(f"guidance {c:g}" for c in cfgs) + " |", "|---|" + "---|" * len(cfgs)]
         for shift in sorted({r["shift"] for r in mine}):
             cells = {r["cfg"]: r for r in mine if r["shift"] == shift}
-            first = next(iter(cells.values()))
-            fids = [f"{cells[c]['metrics']['fid']:.1f}" if c in cells else "" for c in cfgs]
-            lines.append(f"| {shift:g} | {first['steps']} / {first['nfe']} | " + " | ".join(fids) + " |")
+            fids = [
+                f"{cells[c]['metrics']['fid']:.1f} ({cells[c]['steps']} / {cells[c]['nfe']})" if c in cells else ""
+                for c in cfgs
+            ]
+            lines.append(f"| {shift:g} | " + " | ".join(fids) + " |")
         lines.append("")
     table = DOCS / f"sweep_n{n}.md"
     table.write_text("\n".join(lines))
@@ -255,12 +281,19 @@ def main() -> None:
     g.add_argument("--sweep-samples", type=int, default=500)
     g.add_argument("--cfg-grid", type=float, nargs="+", default=[1.5, 2.0, 2.5, 3.0])
     g.add_argument("--shift-grid", type=float, nargs="+", default=[0.3, 0.5, 0.7, 1.0, 1.5])
+    g.add_argument("--interval-grid", nargs="*", default=[], metavar="LOW:HIGH", help="default: the stored interval")
     args = p.parse_args()
     for name in ("num_samples", "sweep_budget", "sweep_samples", "speed_batch", "speed_repeats"):
         if getattr(args, name) < 1:
             p.error(f"argument --{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
     if min(args.cfg_grid) < 0 or min(args.shift_grid) <= 0:
         p.error("argument --cfg-grid/--shift-grid: guidance must be >= 0 and shift > 0")
+    try:
+        args.interval_grid = [tuple(float(v) for v in i.split(":")) for i in args.interval_grid]
+    except ValueError:
+        p.error(f"argument --interval-grid: {' '.join(args.interval_grid)}: each must be LOW:HIGH, e.g. 0.1:0.8")
+    if any(len(i) != 2 or not 0 <= i[0] <= i[1] <= 1 for i in args.interval_grid):
+        p.error("argument --interval-grid: each must be LOW:HIGH with 0 <= LOW <= HIGH <= 1")
     from flashdit import flow, schedulers
     from flashdit.pipeline import load_pipeline
     from flashdit.settings import SamplingSettings
@@ -279,7 +312,9 @@ def main() -> None:
                 f"Euler {stored.num_inference_steps} steps, guidance {stored.guidance_scale:g}, "
                 f"shift {stored.timestep_shift:g}"
             )
-        print(f"wrote {sweep_report(sweep(pipe, args, work), args.sweep_samples, baseline)}")
+        if not args.report_only:
+            sweep(pipe, args, work)
+        print(f"wrote {sweep_report(pipe, args.sweep_samples, baseline)}")
         return
     rows = []
     guidance = flow.Guidance(stored.guidance_scale, stored.guidance_interval, stored.cfg_channels)

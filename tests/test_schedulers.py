@@ -334,8 +334,16 @@ def test_the_few_step_sweep_passes_each_guidance_and_shift_and_fits_the_steps_to
         fid = 99.0 if value("--cfg") is None else 10 * value("--cfg") + value("--shift")
         out = tmp_path / cmd[cmd.index("--out") + 1]
         out.mkdir(parents=True)
-        made = {"metrics": {"fid": fid}, "settings": {"model_fingerprint": model_fingerprint(model)}}
-        (out / "metrics.json").write_text(json.dumps(made))
+        i = cmd.index("--guidance-interval") if "--guidance-interval" in cmd else None
+        settings = dict(
+            model_fingerprint=model_fingerprint(model),
+            sampler=cmd[cmd.index("--sampler") + 1],
+            num_inference_steps=int(value("--steps")),
+            timestep_shift=value("--shift"),
+            guidance_scale=value("--cfg"),
+            guidance_interval=[0.1, 0.8] if i is None else [float(cmd[i + 1]), float(cmd[i + 2])],
+        )
+        (out / "metrics.json").write_text(json.dumps({"metrics": {"fid": fid}, "settings": settings}))
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(few_step.subprocess, "run", eval_fid)
@@ -354,9 +362,22 @@ def test_the_few_step_sweep_passes_each_guidance_and_shift_and_fits_the_steps_to
         steps, nfe = steps_for(pipe, "unipc", 8, shift)
         assert nfe <= 8
         row = next(line for line in table.splitlines() if line.startswith(f"| {shift:g} |"))
-        assert row == f"| {shift:g} | {steps} / {nfe} | {15 + shift:.1f} | {30 + shift:.1f} |"
+        assert row == f"| {shift:g} | {15 + shift:.1f} ({steps} / {nfe}) | {30 + shift:.1f} ({steps} / {nfe}) |"
         for cfg in (1.5, 3.0):
             got = json.loads(
                 (tmp_path / "docs" / f"sweep/unipc_{steps}steps_cfg{cfg}_shift{shift}_n10.json").read_text()
             )
             assert f"--steps {steps} --cfg {cfg} --shift {shift}" in got["command"]
+    # a guidance interval of its own: recorded apart, passed on, and the steps fitted to it
+    own = ["--cfg-grid", "2", "--shift-grid", "1", "--interval-grid", "0.4:0.6", "--work", str(tmp_path / "work")]
+    monkeypatch.setattr(sys, "argv", argv[:9] + own)
+    few_step.main()
+    steps, nfe = steps_for(pipe, "unipc", 8, 1.0, 2.0, (0.4, 0.6))
+    assert (steps, nfe) != steps_for(pipe, "unipc", 8, 1.0, 2.0)
+    got = json.loads(
+        (tmp_path / "docs" / f"sweep/unipc_{steps}steps_cfg2.0_shift1.0_interval0.4-0.6_n10.json").read_text()
+    )
+    assert f"--steps {steps} --cfg 2.0 --shift 1.0 --guidance-interval 0.4 0.6" in got["command"]
+    table = (tmp_path / "docs" / "sweep_n10.md").read_text()
+    assert "guidance for 0.4 <= t <= 0.6: FID-10" in table
+    assert "| 0.3 | 15.3 (" in table  # the first run's points stay in the table
