@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "few_step"
+PLOT = ROOT / "docs" / "images" / "few_step_fid.png"
 REFERENCE = "refs/fashion_mnist_test_2000.npz"
 SCHEDULERS = ("euler", "heun", "dpm++", "unipc")
 BUDGETS = (4, 6, 8, 12, 16, 32)
@@ -181,33 +182,77 @@ def sweep_report(pipe, n: int, baseline: dict | None) -> Path:
     return table
 
 
-def speed(model: str, settings: list[tuple[str, int]], args) -> dict:
-    """Images/s of each (sampler, steps), round robin in one process (batch 100, the stored guidance)."""
+def parse_speed(spec: str) -> tuple[str, int, float | None, float | None]:
+    """``SAMPLER:STEPS[:SHIFT[:GUIDANCE]]`` (left out: stored) as ``(sampler, steps, shift, guidance)``."""
+    parts = spec.split(":")
+    try:
+        sampler, steps, *rest = parts
+        steps, (shift, cfg) = int(steps), ([float(v) for v in rest] + [None, None])[:2]
+    except ValueError:
+        raise ValueError(spec) from None
+    bad = steps < 1 or (shift is not None and shift <= 0) or (cfg is not None and cfg < 0)
+    if len(parts) > 4 or sampler not in SCHEDULERS or bad:
+        raise ValueError(spec)
+    return sampler, steps, shift, cfg
+
+
+def speed(model: str, settings: list[tuple], args) -> dict:
+    """Images/s of each ``(sampler, steps, shift, guidance)`` (None: stored), round robin in one process; the first
+    is the stored setting, the ratio's base."""
     import torch
 
     from bench.common import setup, time_round_robin
     from flashdit.pipeline import load_pipeline
+    from flashdit.settings import SamplingSettings
+    from flashdit.utils import atomic_path
 
-    path = DOCS / "speed.json"
-    done = json.loads(path.read_text()) if path.is_file() else {}
-    keys = [f"{s} {n}" for s, n in settings]
-    if all(k in done for k in keys):
-        return done
-    machine = setup(2)
     pipe = load_pipeline(model, "cpu")
     pipe.set_progress_bar_config(disable=True)
+    stored = SamplingSettings.from_dict(pipe.config.sampling)
+    full = []
+    for sampler, steps, shift, cfg in settings:
+        shift = stored.timestep_shift if shift is None else shift
+        cfg = stored.guidance_scale if cfg is None else cfg
+        full.append((f"{sampler} {steps} steps, shift {shift:g}, guidance {cfg:g}", sampler, steps, shift, cfg))
+    machine = setup(2)
     labels = [i % 10 for i in range(args.speed_batch)]
 
-    def call(sampler, steps):
+    def call(sampler, steps, shift, cfg):
         def run():
             gens = [torch.Generator().manual_seed(i) for i in range(len(labels))]
-            pipe(labels, sampler=sampler, num_inference_steps=steps, generator=gens, output_type="np")
+            pipe(
+                labels,
+                sampler=sampler,
+                num_inference_steps=steps,
+                timestep_shift=shift,
+                guidance_scale=cfg,
+                generator=gens,
+                output_type="np",
+            )
 
         return run
 
-    seconds = time_round_robin({k: call(s, n) for k, (s, n) in zip(keys, settings)}, repeats=args.speed_repeats)
-    done = {k: {"images_per_second": args.speed_batch / s, "machine": machine} for k, s in seconds.items()}
-    path.write_text(json.dumps(done, indent=1))
+    fns = {key: call(*rest) for key, *rest in full}
+    seconds = time_round_robin(fns, repeats=args.speed_repeats)
+    base = seconds[full[0][0]]
+    done = {
+        key: {
+            "evaluations_per_image": evaluations(pipe, sampler, steps, shift, cfg, stored.guidance_interval),
+            "images_per_second": args.speed_batch / seconds[key],
+            "speedup": base / seconds[key],
+            "batch": args.speed_batch,
+            "repeats": args.speed_repeats,
+            "machine": machine,
+        }
+        for key, sampler, steps, shift, cfg in full
+    }
+    for key, v in done.items():
+        print(
+            f"{key}: {v['evaluations_per_image']} evaluations, {v['images_per_second']:.1f} images/s, "
+            f"{v['speedup']:.2f}x the stored setting"
+        )
+    with atomic_path(DOCS / "speed.json") as tmp:
+        tmp.write_text(json.dumps(done, indent=1))
     return done
 
 
@@ -229,8 +274,17 @@ def report(rows: list[dict], baseline: dict | None, speeds: dict) -> Path:
             f"| {m['class_accuracy']:.3f} |"
         )
     if speeds:
-        lines += ["", "| setting | images/s (batch, 2 CPU cores) |", "|---|---|"]
-        lines += [f"| {k} steps | {v['images_per_second']:.1f} |" for k, v in speeds.items()]
+        first = next(iter(speeds.values()))
+        lines += [
+            "",
+            f"| setting (images/s: batch {first['batch']}, median of {first['repeats']}, round robin) "
+            "| evaluations per image | images/s | × the stored setting |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {v['evaluations_per_image']} | {v['images_per_second']:.2f} | {v['speedup']:.2f} |"
+            for k, v in speeds.items()
+        ]
     table = DOCS / "tables.md"
     table.write_text("\n".join(lines) + "\n")
     try:
@@ -259,7 +313,7 @@ def report(rows: list[dict], baseline: dict | None, speeds: dict) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "images" / "few_step_fid.png")
+    fig.savefig(PLOT)
     return table
 
 
@@ -271,7 +325,13 @@ def main() -> None:
     p.add_argument("--schedulers", nargs="*", default=list(SCHEDULERS), choices=SCHEDULERS)
     p.add_argument("--budgets", type=int, nargs="*", default=list(BUDGETS))
     p.add_argument("--work", default="runs/few_step")
-    p.add_argument("--speed", nargs="*", default=[], metavar="SAMPLER:STEPS", help="time these against the stored")
+    p.add_argument(
+        "--speed",
+        nargs="*",
+        default=[],
+        metavar="SAMPLER:STEPS[:SHIFT[:GUIDANCE]]",
+        help="time these against the stored setting",
+    )
     p.add_argument("--speed-batch", type=int, default=100)
     p.add_argument("--speed-repeats", type=int, default=3)
     p.add_argument("--report-only", action="store_true")
@@ -288,6 +348,12 @@ def main() -> None:
             p.error(f"argument --{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
     if min(args.cfg_grid) < 0 or min(args.shift_grid) <= 0:
         p.error("argument --cfg-grid/--shift-grid: guidance must be >= 0 and shift > 0")
+    try:
+        args.speed = [parse_speed(spec) for spec in args.speed]
+    except ValueError as e:
+        p.error(
+            f"argument --speed: {e}: must be SAMPLER:STEPS[:SHIFT[:GUIDANCE]], SAMPLER one of {', '.join(SCHEDULERS)}"
+        )
     try:
         args.interval_grid = [tuple(float(v) for v in i.split(":")) for i in args.interval_grid]
     except ValueError:
@@ -339,8 +405,10 @@ def main() -> None:
             result = score(args.model, sampler, steps, args.num_samples, work)
             rows.append({"sampler": sampler, "budget": budget, "steps": steps, "nfe": nfe, **result})
             print(f"== {sampler} {steps} steps ({nfe} evaluations): FID {result['metrics']['fid']:.2f}")
-    settings = [("euler", stored.num_inference_steps)] + [(s.split(":")[0], int(s.split(":")[1])) for s in args.speed]
-    speeds = speed(args.model, settings, args) if args.speed else {}
+    if args.speed:
+        speeds = speed(args.model, [("euler", stored.num_inference_steps, None, None)] + args.speed, args)
+    else:
+        speeds = json.loads((DOCS / "speed.json").read_text()) if (DOCS / "speed.json").is_file() else {}
     print(f"wrote {report(rows, baseline, speeds)}")
 
 

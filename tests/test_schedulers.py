@@ -276,6 +276,7 @@ def ladder(tmp_path, monkeypatch):
 
     pixel_pipe().save_pretrained(tmp_path / "p")
     monkeypatch.setattr(few_step, "DOCS", tmp_path / "docs")
+    monkeypatch.setattr(few_step, "PLOT", tmp_path / "few_step_fid.png")
     return few_step, str(tmp_path / "p")
 
 
@@ -381,3 +382,34 @@ def test_the_few_step_sweep_passes_each_guidance_and_shift_and_fits_the_steps_to
     table = (tmp_path / "docs" / "sweep_n10.md").read_text()
     assert "guidance for 0.4 <= t <= 0.6: FID-10" in table
     assert "| 0.3 | 15.3 (" in table  # the first run's points stay in the table
+
+
+def test_the_few_step_speed_times_each_setting_against_the_stored_one_and_counts_its_evaluations(
+    tmp_path, ladder, monkeypatch
+):
+    import bench.common
+
+    few_step, _ = ladder
+    model = str(tmp_path / "guided")
+    pixel_pipe(sampling=dict(guidance_scale=2.0, guidance_interval=[0.1, 0.8], num_inference_steps=4)).save_pretrained(
+        model
+    )
+    monkeypatch.setattr(bench.common, "setup", lambda threads: "test machine")
+    argv = ["few_step.py", "--model", model, "--report-only", "--budgets", "--speed", "unipc:3:1.0:3.0"]
+    monkeypatch.setattr(sys, "argv", argv + ["--speed-batch", "2", "--speed-repeats", "1"])
+    few_step.main()
+    got = json.loads((tmp_path / "docs" / "speed.json").read_text())
+    stored, fast = got
+    assert got[stored]["speedup"] == 1.0 and got[fast]["images_per_second"] > 0
+    assert stored.startswith("euler 4 steps") and fast == "unipc 3 steps, shift 1, guidance 3"
+    # the evaluations it reports are the rows the transformer sees in such a call, per image
+    pipe = pixel_pipe(sampling=dict(guidance_scale=2.0, guidance_interval=[0.1, 0.8]))
+    pipe.set_progress_bar_config(disable=True)
+    for key, kwargs in (
+        (stored, dict(num_inference_steps=4)),
+        (fast, dict(num_inference_steps=3, sampler="unipc", timestep_shift=1.0, guidance_scale=3.0)),
+    ):
+        pipe([1, 2], generator=gens([0, 1]), output_type="latent", **kwargs)
+        assert got[key]["evaluations_per_image"] == pipe.num_model_evaluations
+    table = (tmp_path / "docs" / "tables.md").read_text()
+    assert f"| {fast} | {got[fast]['evaluations_per_image']} | " in table
