@@ -95,10 +95,9 @@ def score(
     from flashdit.utils import atomic_path
 
     record = record_path(sampler, steps, n, cfg, shift, interval)
-    name = str(record.relative_to(DOCS).with_suffix(""))
     if record.is_file():
         return reused(record, model)
-    out = work / f"{name}_n{n}"
+    out = work / record.relative_to(DOCS).with_suffix("")
     cmd = [sys.executable, "eval_fid.py", "--model", model, "--num-samples", str(n), "--reference", REFERENCE]
     cmd += [
         "--metrics",

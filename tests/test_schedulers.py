@@ -314,6 +314,7 @@ def test_the_few_step_ladder_scores_into_a_fresh_work_folder_and_keeps_the_comma
     work = tmp_path / "not" / "yet" / "there"
     got = few_step.score(model, "unipc", 5, 10, work)
     assert got["metrics"]["fid"] == 2.0 and "--sampler unipc --steps 5" in got["command"]
+    assert calls[0][calls[0].index("--out") + 1] == str(work / "unipc_5steps_n10")  # named like its record
     assert few_step.score(model, "unipc", 5, 10, work) == got and len(calls) == 1  # the record is reused
 
 
