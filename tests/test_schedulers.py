@@ -4,6 +4,7 @@
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,6 +195,27 @@ def test_an_exported_pipeline_carries_the_recipes_sampler_as_its_scheduler():
         assert pipe.config.sampling["sampler"] == sampler
     sde = make_pipeline(tiny_transformer(), info, load_config(None, ["sample.sampler=sde"]))
     assert sde.resolve_sampler() == ("sde", None)
+
+
+def test_the_quickstart_exports_its_few_step_default_and_samples_it_in_ten_evaluations(tmp_path):
+    """configs/fashion_mnist.yaml stores UniPC at 6 steps and shift 1.0 (docs/few_step.md): the exported pipeline's
+    scheduler is UniPC with flow settings, it survives a save and load, and a call costs 10 evaluations per image,
+    as the ladder counted them."""
+    from test_pipeline import tiny_transformer
+
+    from flashdit.config import load_config
+    from flashdit.training import make_pipeline
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.yaml")
+    pipe = make_pipeline(tiny_transformer(), dict(class_names=[str(i) for i in range(10)]), cfg)
+    pipe.save_pretrained(tmp_path / "p")
+    pipe = FlashDiTPipeline.from_pretrained(tmp_path / "p")
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe.scheduler) is UniPCMultistepScheduler and schedulers.sampler_name(pipe.scheduler) == "unipc"
+    sampling = pipe.config.sampling
+    assert (sampling["num_inference_steps"], sampling["timestep_shift"], sampling["guidance_scale"]) == (6, 1.0, 2.5)
+    pipe([1, 2], generator=gens([0, 1]), output_type="latent")
+    assert pipe.num_timesteps == 6 and pipe.num_model_evaluations == 10
 
 
 def test_sigmas_and_timesteps_are_a_grid_of_the_calls_own():
