@@ -146,9 +146,8 @@ def sweep(pipe, args, work: Path) -> None:
                     )
 
 
-def sweep_report(pipe, n: int, baseline: dict | None) -> Path:
-    """Every sweep record at ``n`` samples, one table per scheduler and guidance interval: timestep shift down,
-    guidance scale across, each cell FID (steps / evaluations per image)."""
+def sweep_rows(pipe, n: int) -> list[dict]:
+    """Every sweep record at ``n`` samples, with its settings and evaluations per image."""
     rows = []
     for record in sorted((DOCS / "sweep").glob(f"*_n{n}.json")):
         got = json.loads(record.read_text())
@@ -157,6 +156,13 @@ def sweep_report(pipe, n: int, baseline: dict | None) -> Path:
         interval = tuple(s["guidance_interval"])
         nfe = evaluations(pipe, *key[:3], key[3], interval)
         rows.append(dict(zip(("sampler", "steps", "shift", "cfg"), key), interval=interval, nfe=nfe, **got))
+    return rows
+
+
+def sweep_report(pipe, n: int, baseline: dict | None) -> Path:
+    """Every sweep record at ``n`` samples, one table per scheduler and guidance interval: timestep shift down,
+    guidance scale across, each cell FID (steps / evaluations per image)."""
+    rows = sweep_rows(pipe, n)
     lines = []
     if baseline:
         lines += [f"stored setting ({baseline['label']}): FID-{n} {baseline['metrics']['fid']:.1f}", ""]
@@ -255,7 +261,9 @@ def speed(model: str, settings: list[tuple], args) -> dict:
     return done
 
 
-def report(rows: list[dict], baseline: dict | None, speeds: dict) -> Path:
+def report(rows: list[dict], baseline: dict | None, speeds: dict, tuned: list[dict] = ()) -> Path:
+    """The ladder's table (and the speed table) in ``tables.md``, and the plot: one line per scheduler at the stored
+    settings, the sweep's points at the same sample count (``tuned``) as stars."""
     lines = [
         "| scheduler | budget | steps | evaluations per image | FID-2k | KID | class accuracy |",
         "|---|---|---|---|---|---|---|",
@@ -263,7 +271,7 @@ def report(rows: list[dict], baseline: dict | None, speeds: dict) -> Path:
     if baseline:
         m = baseline["metrics"]
         lines.append(
-            f"| stored setting (euler) | — | {baseline['steps']} | {baseline['nfe']} | {m['fid']:.1f} "
+            f"| stored setting ({baseline['label']}) | — | {baseline['steps']} | {baseline['nfe']} | {m['fid']:.1f} "
             f"| {m['kid_mean']:.4f} | {m['class_accuracy']:.3f} |"
         )
     for r in sorted(rows, key=lambda r: (r["budget"], SCHEDULERS.index(r["sampler"]))):
@@ -293,23 +301,39 @@ def report(rows: list[dict], baseline: dict | None, speeds: dict) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         return table
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(8.5, 4.2), dpi=110)
+    colours = {}
     for sampler in SCHEDULERS:
         pts = sorted((r["nfe"], r["metrics"]["fid"]) for r in rows if r["sampler"] == sampler)
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=sampler)
+            colours[sampler] = ax.plot(*zip(*pts), marker="o", label=sampler)[0].get_color()
+    for r in tuned:
+        label = f"{r['sampler']}, shift {r['shift']:g}, guidance {r['cfg']:g}"
+        ax.plot(r["nfe"], r["metrics"]["fid"], marker="*", ms=12, ls="", color=colours.get(r["sampler"]), label=label)
     if baseline:
         ax.axhline(
-            baseline["metrics"]["fid"], color="grey", ls="--", label=f"stored setting ({baseline['nfe']} evals)"
+            baseline["metrics"]["fid"],
+            color="grey",
+            ls="--",
+            label=f"stored: {baseline['label']} ({baseline['nfe']} evals)",
         )
         ax.axhline(1.1 * baseline["metrics"]["fid"], color="grey", ls=":", label="+10 %")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")  # a failing scheduler (Heun at 3 steps: FID 227) must not flatten the others
-    ticks = sorted({r["nfe"] for r in rows} | ({baseline["nfe"]} if baseline else set()))
+    ticks = []
+    for t in sorted({r["nfe"] for r in [*rows, *tuned]} | ({baseline["nfe"]} if baseline else set())):
+        if not ticks or t >= 1.15 * ticks[-1]:  # labels that do not run into each other on the log axis
+            ticks.append(t)
     ax.set_xticks(ticks, [str(t) for t in ticks])
+    fids = [r["metrics"]["fid"] for r in [*rows, *tuned]]
+    yticks = [
+        y for y in (20, 25, 30, 40, 50, 60, 80, 100, 150, 200, 300) if fids and min(fids) / 1.3 <= y <= max(fids) * 1.3
+    ]
+    ax.set_yticks(yticks, [str(y) for y in yticks])
+    ax.minorticks_off()
     ax.set_xlabel("model evaluations per image (a guided one counts twice)")
     ax.set_ylabel("FID-2k")
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(PLOT)
@@ -359,7 +383,6 @@ def main() -> None:
         p.error(f"argument --interval-grid: {' '.join(args.interval_grid)}: each must be LOW:HIGH, e.g. 0.1:0.8")
     if any(len(i) != 2 or not 0 <= i[0] <= i[1] <= 1 for i in args.interval_grid):
         p.error("argument --interval-grid: each must be LOW:HIGH with 0 <= LOW <= HIGH <= 1")
-    from flashdit import flow, schedulers
     from flashdit.pipeline import load_pipeline
     from flashdit.settings import SamplingSettings
 
@@ -368,30 +391,31 @@ def main() -> None:
     for record in sorted(DOCS.glob("**/*steps*_n*.json")):  # before any work, not after the next point
         reused(record, args.model)
     work = ROOT / args.work
+    if stored.sampler not in SCHEDULERS:
+        raise SystemExit(
+            f"few_step.py: error: {args.model} stores sampler {stored.sampler!r}; the ladder's baseline is the stored "
+            f"setting, so it must be one of {', '.join(SCHEDULERS)} (sample.sampler in the recipe)"
+        )
+
+    def stored_baseline(n: int) -> dict | None:
+        """The stored setting scored on ``n`` samples (None with --report-only before it was)."""
+        steps = stored.num_inference_steps
+        if args.report_only and not record_path(stored.sampler, steps, n).is_file():
+            return None
+        nfe = evaluations(
+            pipe, stored.sampler, steps, stored.timestep_shift, stored.guidance_scale, stored.guidance_interval
+        )
+        label = f"{stored.sampler} {steps} steps, guidance {stored.guidance_scale:g}, shift {stored.timestep_shift:g}"
+        return {**score(args.model, stored.sampler, steps, n, work), "steps": steps, "nfe": nfe, "label": label}
+
     if args.sweep:
-        record = DOCS / f"euler_{stored.num_inference_steps}steps_n{args.sweep_samples}.json"
-        baseline = None
-        if not args.report_only or record.is_file():
-            baseline = score(args.model, "euler", stored.num_inference_steps, args.sweep_samples, work)
-            baseline["label"] = (
-                f"Euler {stored.num_inference_steps} steps, guidance {stored.guidance_scale:g}, "
-                f"shift {stored.timestep_shift:g}"
-            )
+        baseline = stored_baseline(args.sweep_samples)
         if not args.report_only:
             sweep(pipe, args, work)
         print(f"wrote {sweep_report(pipe, args.sweep_samples, baseline)}")
         return
     rows = []
-    guidance = flow.Guidance(stored.guidance_scale, stored.guidance_interval, stored.cfg_channels)
-    _, base_scheduler = pipe.resolve_sampler("euler")
-    times = schedulers.set_timesteps(base_scheduler, stored.num_inference_steps, stored.timestep_shift, "cpu")
-    base_nfe = schedulers.model_evaluations(times, guidance)
-    record = DOCS / f"euler_{stored.num_inference_steps}steps_n{args.num_samples}.json"
-    if not args.report_only or record.is_file():
-        base = score(args.model, "euler", stored.num_inference_steps, args.num_samples, work)
-        baseline = {**base, "steps": stored.num_inference_steps, "nfe": base_nfe}
-    else:
-        baseline = None
+    baseline = stored_baseline(args.num_samples)
     for budget in args.budgets:
         for sampler in args.schedulers:
             fit = steps_for(pipe, sampler, budget)
@@ -405,10 +429,10 @@ def main() -> None:
             rows.append({"sampler": sampler, "budget": budget, "steps": steps, "nfe": nfe, **result})
             print(f"== {sampler} {steps} steps ({nfe} evaluations): FID {result['metrics']['fid']:.2f}")
     if args.speed:
-        speeds = speed(args.model, [("euler", stored.num_inference_steps, None, None)] + args.speed, args)
+        speeds = speed(args.model, [(stored.sampler, stored.num_inference_steps, None, None)] + args.speed, args)
     else:
         speeds = json.loads((DOCS / "speed.json").read_text()) if (DOCS / "speed.json").is_file() else {}
-    print(f"wrote {report(rows, baseline, speeds)}")
+    print(f"wrote {report(rows, baseline, speeds, sweep_rows(pipe, args.num_samples))}")
 
 
 if __name__ == "__main__":

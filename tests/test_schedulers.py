@@ -379,7 +379,7 @@ def test_the_few_step_sweep_passes_each_guidance_and_shift_and_fits_the_steps_to
     assert len(records) == 4
     pipe = load_pipeline(model, "cpu")
     table = (tmp_path / "docs" / "sweep_n10.md").read_text()
-    assert table.startswith("stored setting (Euler 50 steps, guidance 2, shift 1): ")  # the default steps
+    assert table.startswith("stored setting (euler 50 steps, guidance 2, shift 1): ")  # the default steps
     assert "FID-10 99.0" in table.splitlines()[0]
     assert steps_for(pipe, "unipc", 8, 0.3) != steps_for(pipe, "unipc", 8, 1.0)  # the shift changes the fit
     for shift in (0.3, 1.0):
@@ -424,7 +424,7 @@ def test_the_few_step_speed_times_each_setting_against_the_stored_one_and_counts
     got = json.loads((tmp_path / "docs" / "speed.json").read_text())
     stored, fast = got
     assert got[stored]["speedup"] == 1.0 and got[fast]["images_per_second"] > 0
-    assert stored.startswith("euler 4 steps") and fast == "unipc 3 steps, shift 1, guidance 3"
+    assert stored == "euler 4 steps, shift 1, guidance 2" and fast == "unipc 3 steps, shift 1, guidance 3"
     # the evaluations it reports are the rows the transformer sees in such a call, per image
     pipe = pixel_pipe(sampling=dict(guidance_scale=2.0, guidance_interval=[0.1, 0.8]))
     pipe.set_progress_bar_config(disable=True)
@@ -436,3 +436,12 @@ def test_the_few_step_speed_times_each_setting_against_the_stored_one_and_counts
         assert got[key]["evaluations_per_image"] == pipe.num_model_evaluations
     table = (tmp_path / "docs" / "tables.md").read_text()
     assert f"| {fast} | {got[fast]['evaluations_per_image']} | " in table
+
+
+def test_the_few_step_ladder_refuses_a_model_whose_stored_sampler_is_not_a_scheduler(tmp_path, ladder, monkeypatch):
+    few_step, _ = ladder
+    pixel_pipe(sampling=dict(sampler="sde")).save_pretrained(tmp_path / "sde")
+    monkeypatch.setattr(sys, "argv", ["few_step.py", "--model", str(tmp_path / "sde"), "--report-only"])
+    with pytest.raises(SystemExit, match=r"stores sampler 'sde'; .* must be one of euler, heun, dpm\+\+, unipc"):
+        few_step.main()
+    assert not (tmp_path / "docs").exists()  # refused before anything was written
