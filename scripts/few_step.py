@@ -182,8 +182,21 @@ def sweep_report(pipe, n: int, baseline: dict | None) -> Path:
             ]
             lines.append(f"| {shift:g} | " + " | ".join(fids) + " |")
         lines.append("")
+    lines += [
+        f"Every point, best first (FID-{n}, KID, class accuracy)",
+        "",
+        "| scheduler | steps | evaluations | shift | guidance | interval | FID | KID | class accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: r["metrics"]["fid"]):
+        m = r["metrics"]
+        lines.append(
+            f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['shift']:g} | {r['cfg']:g} | "
+            f"{r['interval'][0]:g}–{r['interval'][1]:g} | {m['fid']:.1f} | {m['kid_mean']:.4f} | "
+            f"{m['class_accuracy']:.3f} |"
+        )
     table = DOCS / f"sweep_n{n}.md"
-    table.write_text("\n".join(lines))
+    table.write_text("\n".join(lines) + "\n")
     return table
 
 

@@ -367,7 +367,9 @@ def test_the_few_step_sweep_passes_each_guidance_and_shift_and_fits_the_steps_to
             guidance_scale=value("--cfg"),
             guidance_interval=[0.1, 0.8] if i is None else [float(cmd[i + 1]), float(cmd[i + 2])],
         )
-        (out / "metrics.json").write_text(json.dumps({"metrics": {"fid": fid}, "settings": settings}))
+        (out / "metrics.json").write_text(
+            json.dumps({"metrics": {"fid": fid, "kid_mean": 0.01, "class_accuracy": 0.9}, "settings": settings})
+        )
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(few_step.subprocess, "run", eval_fid)
@@ -405,6 +407,12 @@ def test_the_few_step_sweep_passes_each_guidance_and_shift_and_fits_the_steps_to
     table = (tmp_path / "docs" / "sweep_n10.md").read_text()
     assert "guidance for 0.4 <= t <= 0.6: FID-10" in table
     assert "| 0.3 | 15.3 (" in table  # the first run's points stay in the table
+    flat = table[table.index("Every point, best first") :].splitlines()[4:]
+    assert (
+        len(flat) == 5
+        and flat[0].startswith("| unipc | ")
+        and "| 0.3 | 1.5 | 0.1–0.8 | 15.3 | 0.0100 | 0.900 |" in flat[0]
+    )
 
 
 def test_the_few_step_speed_times_each_setting_against_the_stored_one_and_counts_its_evaluations(
