@@ -4,12 +4,15 @@
 For each of diffusers' flow schedulers (Euler, Heun, DPM-Solver++ 2M, UniPC) and each budget of 4, 6, 8, 12, 16 and
 32 model evaluations per image, the most integration steps that fit the budget (a guided evaluation counts twice; the
 guidance interval saves some) are scored like every other quality figure: ``eval_fid.py`` on 2,000 samples, FID and
-KID against 2,000 real test images, the judge's class accuracy. The pipeline's stored guidance, interval and shift
-are used throughout; the stored setting itself (Euler, 32 steps) is the baseline row. Then images/s of the chosen
-few-step setting against the stored one, timed round robin in one process.
+KID against 2,000 real test images, the judge's class accuracy. The model's stored guidance, interval and shift are
+used throughout; its stored setting itself is the baseline row. ``--sweep`` scores guidance scale x timestep shift
+(x guidance interval) at one budget instead; ``--speed`` times settings against the stored one, round robin in one
+process.
 
     python -m scripts.few_step --model runs/fashion_mnist/pipeline        # resumable: finished points are kept
-    python -m scripts.few_step --model ... --report-only                  # docs/few_step.md tables and the plot
+    python -m scripts.few_step --sweep unipc --sweep-budget 10            # 500 samples a point
+    python -m scripts.few_step --speed unipc:6:1.0                        # SAMPLER:STEPS[:SHIFT[:GUIDANCE]]
+    python -m scripts.few_step --model ... --report-only                  # docs/few_step tables and the plot
 """
 
 from __future__ import annotations
@@ -307,6 +310,8 @@ def report(rows: list[dict], baseline: dict | None, speeds: dict, tuned: list[di
         ]
     table = DOCS / "tables.md"
     table.write_text("\n".join(lines) + "\n")
+    if not (rows or tuned or baseline):
+        return table  # nothing to draw yet
     try:
         import matplotlib
 
@@ -320,8 +325,12 @@ def report(rows: list[dict], baseline: dict | None, speeds: dict, tuned: list[di
         pts = sorted((r["nfe"], r["metrics"]["fid"]) for r in rows if r["sampler"] == sampler)
         if pts:
             colours[sampler] = ax.plot(*zip(*pts), marker="o", label=sampler)[0].get_color()
+    labelled = set()
     for r in tuned:
-        label = f"{r['sampler']}, shift {r['shift']:g}, guidance {r['cfg']:g}"
+        label = f"{r['sampler']}, shift {r['shift']:g}, guidance {r['cfg']:g} (sweep)"
+        if label in labelled:
+            label = "_nolegend_"  # one legend entry per setting
+        labelled.add(label)
         ax.plot(r["nfe"], r["metrics"]["fid"], marker="*", ms=12, ls="", color=colours.get(r["sampler"]), label=label)
     if baseline:
         ax.axhline(
