@@ -107,15 +107,25 @@ def run_dir(row: str, seed: int, args) -> Path:
     return Path(args.out) / f"{row}-s{seed}"
 
 
+# The sampling settings the quickstart stored when the study ran (its pipelines export them; every score below
+# samples with its own Euler steps): pinned, so the recipe, and each run's spec, stay what they were since the
+# quickstart stores UniPC at 6 steps (docs/few_step.md).
+SAMPLING = ["sample.sampler=euler", "sample.num_inference_steps=32", "sample.timestep_shift=0.5"]
+
+
 def row_config(row: str, seed: int, args, out: Path | None = None):
-    overrides = ROWS[row][1] + [
-        f"train.max_steps={args.steps}",
-        f"train.seed={seed}",
-        "train.sample_every=0",
-        f"train.checkpoint_every={max(1, args.steps // 4)}",
-        "train.keep_checkpoints=1",
-        "train.trackers=[]",
-    ]
+    overrides = (
+        ROWS[row][1]
+        + SAMPLING
+        + [
+            f"train.max_steps={args.steps}",
+            f"train.seed={seed}",
+            "train.sample_every=0",
+            f"train.checkpoint_every={max(1, args.steps // 4)}",
+            "train.keep_checkpoints=1",
+            "train.trackers=[]",
+        ]
+    )
     if out is not None:
         overrides.append(f"train.output_dir={out}")
     return load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides)

@@ -279,6 +279,22 @@ def test_depth_study_refuses_runs_made_before_the_shipped_recipe_changed(tmp_pat
         depth_study.check_spec(out, spec)
 
 
+def test_the_committed_depth_study_runs_still_match_the_recipe_they_were_made_with():
+    """The study's records in docs/depth_study are accepted by today's recipe: the quickstart's stored sampler
+    changed since (docs/few_step.md), and the study pins the one its runs were made with."""
+    from scripts import depth_study
+
+    args = depth_study.parse_args([])
+    checked = 0
+    for row in depth_study.ROWS:
+        for seed in (0, 1):
+            out = depth_study.run_dir(row, seed, args)
+            if (out / "spec.json").is_file():
+                depth_study.check_spec(out, depth_study.run_spec(row, seed, args))  # raises SystemExit if not
+                checked += 1
+    assert checked == 2 * len(depth_study.ROWS)
+
+
 def test_depth_study_keeps_records_in_git_and_retrains_only_for_stages_left(tmp_path):
     """A fresh checkout has a run's committed record but not its weights: the training stage is skipped, and the
     run is trained again only when a stage that needs the weights has not recorded its result."""
