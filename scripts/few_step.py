@@ -32,6 +32,19 @@ SCHEDULERS = ("euler", "heun", "dpm++", "unipc")
 BUDGETS = (4, 6, 8, 12, 16, 32)
 
 
+def resolve(pipe, shift=None, cfg=None, interval=None) -> tuple[float, float, tuple[float, float]]:
+    """``(timestep shift, guidance scale, guidance interval)``: the model's stored ones, each replaced by the one
+    given."""
+    from flashdit.settings import SamplingSettings
+
+    stored = SamplingSettings.from_dict(pipe.config.sampling)
+    return (
+        stored.timestep_shift if shift is None else shift,
+        stored.guidance_scale if cfg is None else cfg,
+        stored.guidance_interval if interval is None else interval,
+    )
+
+
 def evaluations(pipe, sampler: str, steps: int, shift: float, cfg: float, interval) -> int:
     """Model evaluations per image of one call (a guided step counts twice)."""
     from flashdit import flow, schedulers
@@ -46,12 +59,7 @@ def steps_for(
 ) -> tuple[int, int] | None:
     """The most integration steps whose model evaluations per image fit ``budget``: ``(steps, evaluations)``, at
     the stored guidance scale, interval and timestep shift, or the ones given."""
-    from flashdit.settings import SamplingSettings
-
-    stored = SamplingSettings.from_dict(pipe.config.sampling)
-    cfg = stored.guidance_scale if cfg is None else cfg
-    interval = stored.guidance_interval if interval is None else interval
-    shift = stored.timestep_shift if shift is None else shift
+    shift, cfg, interval = resolve(pipe, shift, cfg, interval)
     best = None
     for n in range(1, budget + 1):
         nfe = evaluations(pipe, sampler, n, shift, cfg, interval)
@@ -217,23 +225,19 @@ def parse_speed(spec: str) -> tuple[str, int, float | None, float | None]:
     return sampler, steps, shift, cfg
 
 
-def speed(model: str, settings: list[tuple], args) -> dict:
+def speed(pipe, settings: list[tuple], args) -> dict:
     """Images/s of each ``(sampler, steps, shift, guidance)`` (None: stored), round robin in one process; the first
     is the stored setting, the ratio's base."""
     import torch
 
     from bench.common import setup, time_round_robin
-    from flashdit.pipeline import load_pipeline
-    from flashdit.settings import SamplingSettings
     from flashdit.utils import atomic_path
 
-    pipe = load_pipeline(model, "cpu")
     pipe.set_progress_bar_config(disable=True)
-    stored = SamplingSettings.from_dict(pipe.config.sampling)
+    interval = resolve(pipe)[2]  # every setting is timed at the stored guidance interval
     full = []
     for sampler, steps, shift, cfg in settings:
-        shift = stored.timestep_shift if shift is None else shift
-        cfg = stored.guidance_scale if cfg is None else cfg
+        shift, cfg, _ = resolve(pipe, shift, cfg)
         full.append((f"{sampler} {steps} steps, shift {shift:g}, guidance {cfg:g}", sampler, steps, shift, cfg))
     machine = setup(2)
     labels = [i % 10 for i in range(args.speed_batch)]
@@ -258,7 +262,7 @@ def speed(model: str, settings: list[tuple], args) -> dict:
     base = seconds[full[0][0]]
     done = {
         key: {
-            "evaluations_per_image": evaluations(pipe, sampler, steps, shift, cfg, stored.guidance_interval),
+            "evaluations_per_image": evaluations(pipe, sampler, steps, shift, cfg, interval),
             "images_per_second": args.speed_batch / seconds[key],
             "speedup": base / seconds[key],
             "batch": args.speed_batch,
@@ -424,9 +428,7 @@ def main() -> None:
         steps = stored.num_inference_steps
         if args.report_only and not record_path(stored.sampler, steps, n).is_file():
             return None
-        nfe = evaluations(
-            pipe, stored.sampler, steps, stored.timestep_shift, stored.guidance_scale, stored.guidance_interval
-        )
+        nfe = evaluations(pipe, stored.sampler, steps, *resolve(pipe))
         label = f"{stored.sampler} {steps} steps, guidance {stored.guidance_scale:g}, shift {stored.timestep_shift:g}"
         return {**score(args.model, stored.sampler, steps, n, work), "steps": steps, "nfe": nfe, "label": label}
 
@@ -451,7 +453,7 @@ def main() -> None:
             rows.append({"sampler": sampler, "budget": budget, "steps": steps, "nfe": nfe, **result})
             print(f"== {sampler} {steps} steps ({nfe} evaluations): FID {result['metrics']['fid']:.2f}")
     if args.speed:
-        speeds = speed(args.model, [(stored.sampler, stored.num_inference_steps, None, None)] + args.speed, args)
+        speeds = speed(pipe, [(stored.sampler, stored.num_inference_steps, None, None)] + args.speed, args)
     else:
         speeds = json.loads((DOCS / "speed.json").read_text()) if (DOCS / "speed.json").is_file() else {}
     print(f"wrote {report(rows, baseline, speeds, sweep_rows(pipe, args.num_samples))}")

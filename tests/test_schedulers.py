@@ -302,6 +302,43 @@ def ladder(tmp_path, monkeypatch):
     return few_step, str(tmp_path / "p")
 
 
+@pytest.fixture
+def stand_in_eval_fid(monkeypatch):
+    """Replaces scripts/few_step.py's ``eval_fid.py`` runs: ``install(model, fid_of)`` makes each run write the
+    ``metrics.json`` eval_fid.py would, where ``--out`` says, with the settings read back from its command (the
+    stored guidance interval 0.1-0.8 when none is given) and FID ``fid_of(cmd)``; returns the list of commands."""
+    import subprocess
+
+    import scripts.few_step as few_step
+    from flashdit.utils import model_fingerprint
+
+    def install(model: str, fid_of) -> list:
+        calls = []
+
+        def eval_fid(cmd, **kwargs):
+            calls.append(cmd)
+            value = lambda flag: float(cmd[cmd.index(flag) + 1]) if flag in cmd else None  # noqa: E731
+            i = cmd.index("--guidance-interval") if "--guidance-interval" in cmd else None
+            settings = dict(
+                model_fingerprint=model_fingerprint(model),
+                sampler=cmd[cmd.index("--sampler") + 1],
+                num_inference_steps=int(value("--steps")),
+                timestep_shift=value("--shift"),
+                guidance_scale=value("--cfg"),
+                guidance_interval=[0.1, 0.8] if i is None else [float(cmd[i + 1]), float(cmd[i + 2])],
+            )
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True)
+            metrics = {"fid": fid_of(cmd), "kid_mean": 0.01, "class_accuracy": 0.9}
+            (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "settings": settings}))
+            return subprocess.CompletedProcess(cmd, 0)
+
+        monkeypatch.setattr(few_step.subprocess, "run", eval_fid)
+        return calls
+
+    return install
+
+
 def test_the_few_step_ladder_refuses_records_measured_on_another_model(tmp_path, ladder):
     from flashdit.utils import model_fingerprint
 
@@ -316,23 +353,11 @@ def test_the_few_step_ladder_refuses_records_measured_on_another_model(tmp_path,
         few_step.score(model, "euler", 4, 10, tmp_path)
 
 
-def test_the_few_step_ladder_scores_into_a_fresh_work_folder_and_keeps_the_command(tmp_path, ladder, monkeypatch):
-    import subprocess
-
-    from flashdit.utils import model_fingerprint
-
+def test_the_few_step_ladder_scores_into_a_fresh_work_folder_and_keeps_the_command(
+    tmp_path, ladder, stand_in_eval_fid
+):
     few_step, model = ladder
-    calls = []
-
-    def eval_fid(cmd, **kwargs):  # stands in for eval_fid.py: writes metrics.json where --out says
-        calls.append(cmd)
-        out = tmp_path / cmd[cmd.index("--out") + 1]
-        out.mkdir(parents=True)
-        made = {"metrics": {"fid": 2.0}, "settings": {"model_fingerprint": model_fingerprint(model)}}
-        (out / "metrics.json").write_text(json.dumps(made))
-        return subprocess.CompletedProcess(cmd, 0)
-
-    monkeypatch.setattr(few_step.subprocess, "run", eval_fid)
+    calls = stand_in_eval_fid(model, lambda cmd: 2.0)
     work = tmp_path / "not" / "yet" / "there"
     got = few_step.score(model, "unipc", 5, 10, work)
     assert got["metrics"]["fid"] == 2.0 and "--sampler unipc --steps 5" in got["command"]
@@ -341,38 +366,21 @@ def test_the_few_step_ladder_scores_into_a_fresh_work_folder_and_keeps_the_comma
 
 
 def test_the_few_step_sweep_passes_each_guidance_and_shift_and_fits_the_steps_to_its_grid(
-    tmp_path, ladder, monkeypatch
+    tmp_path, ladder, monkeypatch, stand_in_eval_fid
 ):
-    import subprocess
-
     from flashdit.pipeline import load_pipeline
-    from flashdit.utils import model_fingerprint
     from scripts.few_step import steps_for
 
     few_step, _ = ladder
     model = str(tmp_path / "guided")  # guided for 0.1 <= t <= 0.8: the shift moves steps in and out of it
     pixel_pipe(sampling=dict(guidance_scale=2.0, guidance_interval=[0.1, 0.8])).save_pretrained(model)
 
-    def eval_fid(cmd, **kwargs):  # FID = 10 x guidance + shift, read back from its command; 99 at the stored
-        value = lambda flag: float(cmd[cmd.index(flag) + 1]) if flag in cmd else None  # noqa: E731
-        fid = 99.0 if value("--cfg") is None else 10 * value("--cfg") + value("--shift")
-        out = tmp_path / cmd[cmd.index("--out") + 1]
-        out.mkdir(parents=True)
-        i = cmd.index("--guidance-interval") if "--guidance-interval" in cmd else None
-        settings = dict(
-            model_fingerprint=model_fingerprint(model),
-            sampler=cmd[cmd.index("--sampler") + 1],
-            num_inference_steps=int(value("--steps")),
-            timestep_shift=value("--shift"),
-            guidance_scale=value("--cfg"),
-            guidance_interval=[0.1, 0.8] if i is None else [float(cmd[i + 1]), float(cmd[i + 2])],
-        )
-        (out / "metrics.json").write_text(
-            json.dumps({"metrics": {"fid": fid, "kid_mean": 0.01, "class_accuracy": 0.9}, "settings": settings})
-        )
-        return subprocess.CompletedProcess(cmd, 0)
+    def fid_of(cmd):  # FID = 10 x guidance + shift, read back from its command; 99 at the stored
+        if "--cfg" not in cmd:
+            return 99.0
+        return 10 * float(cmd[cmd.index("--cfg") + 1]) + float(cmd[cmd.index("--shift") + 1])
 
-    monkeypatch.setattr(few_step.subprocess, "run", eval_fid)
+    stand_in_eval_fid(model, fid_of)
     argv = ["few_step.py", "--model", model, "--sweep", "unipc", "--sweep-budget", "8", "--sweep-samples", "10"]
     argv += ["--cfg-grid", "1.5", "3", "--shift-grid", "0.3", "1.0", "--work", str(tmp_path / "work")]
     monkeypatch.setattr(sys, "argv", argv)
